@@ -1,0 +1,385 @@
+"""YAML experiment files -> one frozen, validated `Experiment`.
+
+An experiment file may inherit from another (`base: other.yaml`, deep-merged), name reusable
+fragments (`model: cnn_small` is `experiments/models/cnn_small.yaml`), and be overridden from the
+command line (`--set optimizer.lr=3e-4`). Every value remembers the file and line it came from,
+so any validation error points at `file:line` and the dotted key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cnnlab.errors import SpecError, UserError, suggest
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# A source checkout keeps experiments/ beside the package; a wheel carries a copy inside it.
+EXPERIMENTS_DIR = next(
+    (d for d in (PACKAGE_DIR.parent / "experiments", PACKAGE_DIR / "experiments") if d.is_dir()),
+    PACKAGE_DIR.parent / "experiments",
+)
+DEFAULT_EXPERIMENT = "digits"
+FRAGMENT_DIRS = {"model": "models", "augment": "augment", "optimizer": "optim"}
+# Keys holding file paths, made absolute relative to the file that wrote them.
+PATH_KEYS = {"experiment": [("data", "path"), ("model", "python")], "model": [("python",)]}
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML with source locations
+
+
+class Tree(dict):
+    """A YAML mapping that remembers where each of its keys was written."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.where: dict[Any, str] = {}
+        self.whole = False  # a fragment: replaces rather than merges into what it overrides
+
+
+class TreeList(list):
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.where: list[str] = []
+
+
+def _loader_for(path: Path) -> type[yaml.SafeLoader]:
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node):
+        loader.flatten_mapping(node)
+        tree = Tree()
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            where = f"{path}:{key_node.start_mark.line + 1}"
+            if key in tree:
+                raise UserError(f"{where}: duplicate key '{key}'")
+            tree[key] = loader.construct_object(value_node, deep=True)
+            tree.where[key] = where
+        return tree
+
+    def sequence(loader, node):
+        items = TreeList(loader.construct_object(child, deep=True) for child in node.value)
+        items.where = [f"{path}:{child.start_mark.line + 1}" for child in node.value]
+        return items
+
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, sequence)
+    return Loader
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse one YAML file into Trees; malformed YAML is a one-line error with the line."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        return yaml.load(text, Loader=_loader_for(path))  # noqa: S506 - SafeLoader subclass
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{line}: malformed YAML: {error.problem or error.context}") from None
+
+
+def locate(tree: Any, loc: Sequence) -> str:
+    """The `file:line` that wrote the deepest part of `loc` found in `tree`."""
+    where = getattr(tree, "source", "")
+    node = tree
+    for part in loc:
+        if isinstance(node, Tree) and part in node:
+            where, node = node.where.get(part, where), node[part]
+        elif isinstance(node, TreeList) and isinstance(part, int) and 0 <= part < len(node):
+            where, node = node.where[part], node[part]
+        else:
+            break
+    return where
+
+
+def located_error(tree: Any, error: SpecError) -> UserError:
+    """`file:line: key.path: message` for a problem at `error.loc` in `tree`."""
+    where = locate(tree, error.loc)
+    return UserError(f"{where}: {error}" if where else str(error))
+
+
+def to_plain(value: Any) -> Any:
+    """Trees and TreeLists to plain dicts and lists (for writing config.yaml)."""
+    if isinstance(value, dict):
+        return {key: to_plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [to_plain(item) for item in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Composition: base files, fragments, --set overrides
+
+
+def deep_merge(base: Any, override: Any) -> Any:
+    """Mappings merge key by key; anything else (lists, scalars, fragments) replaces."""
+    if not (isinstance(base, dict) and isinstance(override, Tree)) or override.whole:
+        return override
+    merged = Tree(base)
+    merged.where = dict(getattr(base, "where", {}))
+    for key, value in override.items():
+        merged[key] = deep_merge(base.get(key), value)
+        merged.where[key] = override.where[key]
+    return merged
+
+
+def find_experiment(name: str | Path) -> Path:
+    """A path as given, or a name in the experiments folder (`digits` -> experiments/digits.yaml)."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path.resolve()
+    for candidate in (Path("experiments") / f"{name}.yaml", EXPERIMENTS_DIR / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise UserError(
+        f"experiment file not found: {name} (give a path, or a name in {EXPERIMENTS_DIR})"
+    )
+
+
+def _find_fragment(kind: str, name: str, near: Path) -> Path:
+    folder = FRAGMENT_DIRS[kind]
+    places = [
+        near / folder,
+        near.parent / folder,
+        Path("experiments") / folder,
+        EXPERIMENTS_DIR / folder,
+    ]
+    for place in places:
+        if (place / f"{name}.yaml").is_file():
+            return (place / f"{name}.yaml").resolve()
+    known = {p.stem for place in places if place.is_dir() for p in place.glob("*.yaml")}
+    raise SpecError((kind,), f"no {kind} fragment '{name}' in {folder}/; {suggest(name, known)}")
+
+
+def _absolutize(tree: Any, key_paths: list[tuple], base_dir: Path) -> None:
+    for key_path in key_paths:
+        node = tree
+        for key in key_path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        last = key_path[-1]
+        if isinstance(node, dict) and isinstance(node.get(last), str):
+            value = node[last]
+            file_part, sep, rest = value.partition(":") if last == "python" else (value, "", "")
+            resolved = (base_dir / Path(file_part).expanduser()).resolve()
+            node[last] = f"{resolved}{sep}{rest}"
+
+
+def _resolve_fragments(tree: Tree, near: Path, where_fallback: str) -> None:
+    for kind in FRAGMENT_DIRS:
+        name = tree.get(kind)
+        if not isinstance(name, str):
+            continue
+        try:
+            path = _find_fragment(kind, name, near)
+        except SpecError as error:
+            raise UserError(f"{tree.where.get(kind, where_fallback)}: {error}") from None
+        fragment = read_yaml(path)
+        if kind == "model":
+            _absolutize(fragment, PATH_KEYS["model"], path.parent)
+        if isinstance(fragment, (Tree, TreeList)):
+            fragment.whole = True
+        tree[kind] = fragment
+
+
+def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> Tree:
+    if path in seen:
+        raise UserError(
+            f"{path}: 'base' files form a cycle: {' -> '.join(map(str, seen + (path,)))}"
+        )
+    tree = read_yaml(path)
+    if tree is None:
+        tree = Tree()
+    if not isinstance(tree, Tree):
+        raise UserError(
+            f"{path}:1: an experiment file must be a mapping of keys (name, data, model, ...)"
+        )
+    _absolutize(tree, PATH_KEYS["experiment"], path.parent)
+    _resolve_fragments(tree, path.parent, f"{path}:1")
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    base_path = (path.parent / str(base)).resolve()
+    if not base_path.is_file():
+        raise UserError(f"{tree.where['base']}: base: file not found: {base_path}")
+    return deep_merge(_load_tree(base_path, seen + (path,)), tree)
+
+
+def apply_override(tree: Tree, assignment: str) -> None:
+    """`optimizer.lr=3e-4`: set a dotted key to a YAML-parsed value."""
+    key, sep, text = assignment.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set optimizer.lr=3e-4")
+    try:
+        value = yaml.load(text, Loader=_loader_for(Path("--set")))  # noqa: S506
+    except yaml.YAMLError:
+        raise UserError(f"--set {assignment!r}: the value is not valid YAML") from None
+    parts = key.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = Tree()
+            node[part] = child
+            node.where[part] = f"--set {assignment}"
+        node = child
+    node[parts[-1]] = value
+    node.where[parts[-1]] = f"--set {assignment}"
+    if len(parts) == 1:
+        _resolve_fragments(tree, Path.cwd(), f"--set {assignment}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The typed experiment
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    source: str = "digits"
+    path: str | None = None  # image folder or tarball, for source: folder
+    data_dir: str | None = None  # TFDS data directory (default: TFDS's own)
+    val_fraction: float = Field(0.1, ge=0.0, le=0.5)
+    normalize: bool = True  # standardise each channel with the training split's mean and std
+
+
+class TrainConfig(_Section):
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(128, ge=1)
+    eval_every_steps: int = Field(500, ge=1)
+    log_every_steps: int = Field(100, ge=1)
+    steps_per_call: int = Field(10, ge=1)  # steps fused into one compiled call (lax.scan)
+    seed: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _cadence_fits_calls(self):
+        for key in ("log_every_steps", "eval_every_steps"):
+            if getattr(self, key) % self.steps_per_call:
+                raise ValueError(
+                    f"{key} ({getattr(self, key)}) must be a multiple of steps_per_call ({self.steps_per_call})"
+                )
+        return self
+
+
+class _Top(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", max_length=80)
+    data: DataConfig = DataConfig()
+    model: Any = None
+    augment: Any = None
+    optimizer: Any = None
+    train: TrainConfig = TrainConfig()
+
+    @field_validator("model", "optimizer")
+    @classmethod
+    def _mapping(cls, value):
+        if value is not None and not isinstance(value, dict):
+            raise ValueError("expected a mapping, or the name of a fragment file")
+        return value
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A resolved, validated experiment. `raw` is what config.yaml holds, to rebuild it exactly."""
+
+    name: str
+    data: DataConfig
+    model: Any  # cnnlab.models.ModelSpec
+    augment: tuple  # of cnnlab.augment.AugmentSpec
+    optimizer: Any  # cnnlab.optim.OptimizerSpec
+    train: TrainConfig
+    raw: dict = field(compare=False, repr=False)
+    tree: Any = field(default=None, compare=False, repr=False)  # `raw` with source locations
+
+    def user_error(self, error: SpecError) -> UserError:
+        """A problem found after validation (e.g. a shape that does not fit), at its file:line."""
+        return located_error(self.tree, error)
+
+    def with_train(self, **changes) -> Experiment:
+        """A copy with some train settings changed (overfit runs, sweeps)."""
+        raw = dict(self.raw, train={**self.raw.get("train", {}), **changes})
+        return experiment_from_tree(raw)
+
+
+def _pydantic_to_spec_error(error: ValidationError, model: type[BaseModel]) -> SpecError:
+    first = error.errors()[0]
+    loc = tuple(first["loc"])
+    if first["type"] == "extra_forbidden":
+        valid = _fields_at(model, loc[:-1])
+        return SpecError(loc, f"unknown key; {suggest(loc[-1], valid)}")
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing":
+        message = "required key is missing"
+    elif "input" in first and not isinstance(first["input"], (dict, list)):
+        message += f" (got {first['input']!r})"
+    return SpecError(loc, message)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def experiment_from_tree(tree: dict) -> Experiment:
+    """Validate a composed tree (raises SpecError with the full key path)."""
+    from cnnlab.augment import parse_augment
+    from cnnlab.models import parse_model_spec
+    from cnnlab.optim import parse_optimizer_spec
+
+    try:
+        top = _Top.model_validate(dict(tree))
+    except ValidationError as error:
+        raise _pydantic_to_spec_error(error, _Top) from None
+    if top.model is None:
+        raise SpecError(
+            ("model",), "required key is missing (a mapping, or a fragment name such as cnn_small)"
+        )
+
+    def parse(key, parser, value):
+        try:
+            return parser(value)
+        except SpecError as error:
+            raise error.within(key) from None
+
+    return Experiment(
+        name=top.name,
+        data=top.data,
+        model=parse("model", parse_model_spec, top.model),
+        augment=parse("augment", parse_augment, top.augment or []),
+        optimizer=parse("optimizer", parse_optimizer_spec, top.optimizer or {}),
+        train=top.train,
+        raw=to_plain(tree),
+        tree=tree,
+    )
+
+
+def load_experiment(name: str | Path | None = None, overrides: Sequence[str] = ()) -> Experiment:
+    """Read, compose, override and validate an experiment; errors name `file:line: key`."""
+    path = find_experiment(name or DEFAULT_EXPERIMENT)
+    tree = _load_tree(path)
+    tree.source = f"{path}:1"
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    try:
+        return experiment_from_tree(tree)
+    except SpecError as error:
+        raise located_error(tree, error) from None
+
+
+def dump_experiment(experiment: Experiment, path: Path) -> None:
+    path.write_text(yaml.safe_dump(experiment.raw, sort_keys=False))

@@ -1,0 +1,143 @@
+"""Run folders: `runs/<YYYY-MM-DD_HH-MM-SS>_<name>/` with config, metrics, checkpoints, summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from cnnlab.errors import UserError
+
+METRIC_COLUMNS = ("step", "split", "loss", "accuracy", "lr", "images_per_sec", "wall_time")
+DEFAULT_RUNS_DIR = Path("runs")
+
+
+def runs_dir() -> Path:
+    """Where runs go: $CNNLAB_RUNS_DIR, else ./runs."""
+    return Path(os.environ.get("CNNLAB_RUNS_DIR", DEFAULT_RUNS_DIR))
+
+
+def create_run_dir(name: str, root: Path | None = None) -> Path:
+    """A new, empty run folder; two runs started in the same second get distinct names."""
+    root = root or runs_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{name}"
+    for attempt in range(1000):
+        path = root / (stem if attempt == 0 else f"{stem}-{attempt + 1}")
+        try:
+            path.mkdir()  # atomic: fails if another run took the name first
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f"cannot create a run folder under {root}: too many runs named {stem}")
+
+
+def find_run(reference: str, root: Path | None = None) -> Path:
+    """A run folder from a path, `latest`, or a (part of a) run name: the newest match wins."""
+    path = Path(reference)
+    if (path / "config.yaml").is_file():
+        return path
+    root = root or runs_dir()
+    runs = sorted(
+        (p for p in root.glob("*") if (p / "config.yaml").is_file()), key=lambda p: p.name
+    )
+    matches = runs if reference == "latest" else [p for p in runs if reference in p.name]
+    if not matches:
+        raise UserError(
+            f"no run matches '{reference}' in {root}/ (give a run folder, a name, or 'latest')"
+        )
+    return matches[-1]
+
+
+class MetricsWriter:
+    """Appends rows to metrics.jsonl and metrics.csv, flushed per row so a crash loses nothing."""
+
+    def __init__(self, run_dir: Path):
+        self.jsonl = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+        csv_path = run_dir / "metrics.csv"
+        fresh = not csv_path.exists() or csv_path.stat().st_size == 0
+        self.csv_file = open(csv_path, "a", newline="")  # noqa: SIM115
+        self.csv = csv.DictWriter(self.csv_file, fieldnames=METRIC_COLUMNS)
+        if fresh:
+            self.csv.writeheader()
+
+    def write(self, **row: Any) -> None:
+        row = {key: row.get(key) for key in METRIC_COLUMNS}
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.csv.writerow(row)
+        self.jsonl.flush()
+        self.csv_file.flush()
+
+    def close(self) -> None:
+        self.jsonl.close()
+        self.csv_file.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write atomically: a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+class Checkpoints:
+    """`checkpoints/latest` and `checkpoints/best`, one step kept in each (orbax, atomic)."""
+
+    def __init__(self, run_dir: Path):
+        import orbax.checkpoint as ocp
+
+        self._ocp = ocp
+        self.root = (run_dir / "checkpoints").resolve()
+        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+        self._managers = {
+            kind: ocp.CheckpointManager(self.root / kind, options=options)
+            for kind in ("latest", "best")
+        }
+
+    def save(self, kind: str, step: int, state: Any) -> None:
+        manager = self._managers[kind]
+        if manager.latest_step() == step:
+            return
+        manager.save(step, args=self._ocp.args.StandardSave(state))
+
+    def step(self, kind: str) -> int | None:
+        return self._managers[kind].latest_step()
+
+    def restore(self, kind: str, like: Any) -> Any:
+        """Restore into the structure of `like` (a state of the same experiment)."""
+        import jax
+
+        manager = self._managers[kind]
+        step = manager.latest_step()
+        if step is None:
+            raise UserError(f"no '{kind}' checkpoint in {self.root}")
+        abstract = jax.tree.map(self._ocp.utils.to_shape_dtype_struct, like)
+        try:
+            return manager.restore(step, args=self._ocp.args.StandardRestore(abstract))
+        except Exception as error:  # orbax raises many types for damaged or foreign files
+            raise UserError(
+                f"checkpoint {self.root / kind / str(step)} cannot be read ({type(error).__name__}): "
+                "it is damaged or from another experiment"
+            ) from None
+
+    def close(self) -> None:
+        for manager in self._managers.values():
+            manager.wait_until_finished()
+            manager.close()

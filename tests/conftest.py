@@ -1,0 +1,66 @@
+"""Shared fixtures: an isolated runs folder, the real CLI, small experiment files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENTS = REPO / "experiments"
+
+
+@pytest.fixture(autouse=True)
+def isolated_runs(tmp_path, monkeypatch) -> Path:
+    """Every test writes runs (and caches) under its own tmp folder."""
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("CNNLAB_RUNS_DIR", str(runs))
+    monkeypatch.setenv("CNNLAB_CACHE_DIR", str(tmp_path / "cache"))
+    return runs
+
+
+class Cli:
+    def __init__(self):
+        from cnnlab.cli import app
+
+        self.app = app
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, expect: int | None = 0):
+        result = self.runner.invoke(self.app, [str(a) for a in args])
+        if expect is not None and result.exit_code != expect:
+            raise AssertionError(
+                f"cnnlab {' '.join(map(str, args))} exited {result.exit_code}, expected {expect}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}\nexception: {result.exception!r}"
+            )
+        return result
+
+
+@pytest.fixture
+def cli() -> Cli:
+    return Cli()
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+TINY_EXPERIMENT = """\
+name: tiny
+data: {source: digits, val_fraction: 0.1}
+model: {family: cnn, preset: tiny}
+optimizer: {name: adam, lr: 0.003}
+train: {steps: 40, batch_size: 32, eval_every_steps: 20, log_every_steps: 10, steps_per_call: 10, seed: 0}
+"""
+
+
+@pytest.fixture
+def tiny_experiment(tmp_path) -> Path:
+    return write(tmp_path / "tiny.yaml", TINY_EXPERIMENT)
+
+
+def run_dirs(runs: Path) -> list[Path]:
+    return sorted(p for p in runs.glob("*") if p.is_dir()) if runs.exists() else []
