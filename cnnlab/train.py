@@ -23,11 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from cnnlab.augment import build_augment
 from cnnlab.config import Experiment, dump_experiment
 from cnnlab.data import load_dataset
 from cnnlab.data.dataset import Dataset, Split, split_validation
 from cnnlab.errors import SpecError
+from cnnlab.models import build_model
 from cnnlab.models.base import Model
+from cnnlab.optim import build_optimizer, eval_params
 from cnnlab.runs import Checkpoints, MetricsWriter, create_run_dir, write_json
 
 EVAL_BATCH = 500
@@ -170,9 +173,14 @@ class Trainer:
 
     # -- evaluation -------------------------------------------------------------------------
 
-    def _logits(self, params, model_state, images):
+    def _logits(self, state: TrainState, images):
         x = self.standardize(self.preprocess(images))
-        logits, _ = self.model.apply(params, model_state, x, train=False, key=jax.random.key(0))
+        params = eval_params(
+            state.params, state.opt_state
+        )  # weight average or slow weights, if any
+        logits, _ = self.model.apply(
+            params, state.model_state, x, train=False, key=jax.random.key(0)
+        )
         return logits
 
     def logits(self, state: TrainState, images: np.ndarray) -> np.ndarray:
@@ -184,7 +192,7 @@ class Trainer:
         )
         device_images = jax.device_put(padded)
         outputs = [
-            self._forward(state.params, state.model_state, device_images[start : start + batch])
+            self._forward(state, device_images[start : start + batch])
             for start in range(0, len(padded), batch)
         ]
         return np.asarray(jnp.concatenate(outputs))[:count]
@@ -232,10 +240,6 @@ def build_trainer(
     experiment: Experiment, train: Split, num_classes: int, *, augment: bool = True, steps=None
 ):
     """Model, optimizer and augmentation from the spec; a shape that does not fit is an error here."""
-    from cnnlab.augment import build_augment
-    from cnnlab.models import build_model
-    from cnnlab.optim import build_optimizer
-
     image_shape = tuple(train.images.shape[1:])
 
     def build(key, builder, *args):
@@ -328,13 +332,23 @@ class TrainResult:
     summary: dict
 
 
-def train(experiment: Experiment, *, runs_root: Path | None = None, progress=None) -> TrainResult:
-    """Train `experiment` into a new run folder; returns the folder and its summary."""
+def train(
+    experiment: Experiment,
+    *,
+    runs_root: Path | None = None,
+    run_dir: Path | None = None,
+    progress=None,
+) -> TrainResult:
+    """Train `experiment` into a new run folder (or the given empty `run_dir`); returns the folder
+    and its summary."""
     prepared = prepare(experiment)
     trainer = prepared.trainer
     state = trainer.init(experiment.train.seed)
     data = to_device(prepared.train)
-    run_dir = create_run_dir(experiment.name, runs_root)
+    if run_dir is None:
+        run_dir = create_run_dir(experiment.name, runs_root)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=False)
     dump_experiment(experiment, run_dir / "config.yaml")
     loop = TrainLoop(experiment, prepared, run_dir, progress)
     try:

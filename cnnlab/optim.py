@@ -1,0 +1,503 @@
+"""Optimizer and learning-rate schedule from the experiment's `optimizer:` mapping.
+
+```yaml
+optimizer:
+  name: sgd                     # a supported optax optimizer (see OPTIMIZERS)
+  lr: 0.1                       # peak learning rate, per batch as given
+  args: {momentum: 0.9, nesterov: true}   # keyword arguments of the optax function
+  schedule: {name: warmup_cosine, warmup_steps: 200}   # or just `schedule: cosine`
+  clip_norm: 1.0                # clip gradients to this global norm
+  weight_decay: 5.0e-4          # never applied to parameters with ndim <= 1 (biases, norm scales)
+  ema_decay: 0.999              # evaluate with an exponential moving average of the weights
+  lookahead: {sync_period: 5, slow_step_size: 0.5}
+```
+
+Weight decay: optimizers with a weight-decay argument of their own (adamw, nadamw, adamaxw, lion,
+lamb, adan, lars, adadelta, adafactor) get `weight_decay` there and apply it as they define it
+(for the AdamW family, lion, lamb and adan: decoupled, scaled by the learning rate but not by the
+adaptive step). For all the others it is L2 regularisation added to the gradient (after
+clipping, before the optimizer), as `weight_decay` means in PyTorch's SGD and Adam. Schedules give the learning rate at each step; decay lengths come from the
+run's total steps. Evaluate with `eval_params(params, opt_state)`: the weight average when
+`ema_decay` is set, the slow weights under lookahead, the trained weights otherwise.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+)
+
+from cnnlab.errors import SpecError, suggest
+from cnnlab.registry import Registry
+
+Schedule = Callable[[Any], jax.Array]  # step -> learning rate, jnp-traceable
+
+
+def _no_bool(value: Any) -> Any:
+    # pydantic reads `true` as 1.0; a flag where a number belongs is a mistake.
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got true/false")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_no_bool)]
+Count = Annotated[int, BeforeValidator(_no_bool)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ---------------------------------------------------------------- optimizers
+
+
+@dataclass(frozen=True)
+class OptimizerKind:
+    """An optax optimizer factory and the names of its own weight-decay arguments, if any."""
+
+    factory: Callable[..., optax.GradientTransformation]
+    decay_arg: str | None = None
+    mask_arg: str | None = None
+
+
+OPTIMIZERS: Registry[OptimizerKind] = Registry("optimizer")
+
+# name -> (its weight-decay argument, its mask argument) for optimizers with their own decay
+_OWN_DECAY = {
+    "adamw": ("weight_decay", "mask"),
+    "nadamw": ("weight_decay", "mask"),
+    "adamaxw": ("weight_decay", "mask"),
+    "lion": ("weight_decay", "mask"),
+    "lamb": ("weight_decay", "mask"),
+    "adan": ("weight_decay", "mask"),
+    "lars": ("weight_decay", "weight_decay_mask"),
+    "adadelta": ("weight_decay", "weight_decay_mask"),
+    "adafactor": ("weight_decay_rate", "weight_decay_mask"),
+}
+_GRADIENT_DECAY = (
+    "sgd", "adam", "adagrad", "rmsprop", "nadam", "adabelief", "adamax", "amsgrad", "radam",
+    "yogi", "novograd", "fromage", "sign_sgd",
+)  # fmt: skip
+for _name in _GRADIENT_DECAY:
+    OPTIMIZERS.register(_name)(OptimizerKind(getattr(optax, _name)))
+for _name, (_decay_arg, _mask_arg) in _OWN_DECAY.items():
+    OPTIMIZERS.register(_name)(OptimizerKind(getattr(optax, _name), _decay_arg, _mask_arg))
+
+_DECAY_ARGS = ("weight_decay", "weight_decay_rate")
+_MASK_ARGS = ("mask", "weight_decay_mask")
+
+
+def _settable_args(kind: OptimizerKind) -> dict[str, inspect.Parameter]:
+    """Keyword arguments a user may set in `args` (the rest have their own keys)."""
+    reserved = {"learning_rate", *_DECAY_ARGS, *_MASK_ARGS}
+    params = inspect.signature(kind.factory).parameters
+    return {name: p for name, p in params.items() if name not in reserved}
+
+
+def _reserved_reason(arg: str) -> str | None:
+    if arg == "learning_rate":
+        return "set the learning rate with 'lr' (and its shape with 'schedule')"
+    if arg in _DECAY_ARGS:
+        return "set weight decay with the 'weight_decay' key of the optimizer"
+    if arg in _MASK_ARGS:
+        return "the weight-decay mask is fixed: parameters with ndim <= 1 are not decayed"
+    return None
+
+
+def _check_arg_value(arg: str, value: Any, default: Any) -> Any:
+    """Type-check one optimizer argument against its default; returns the value to pass."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise SpecError((arg,), f"expected true or false, got {value!r}")
+        return value
+    if isinstance(default, str) or arg.endswith("dtype"):
+        if not isinstance(value, str) and value is not None:
+            raise SpecError((arg,), f"expected a name, got {value!r}")
+        return value
+    if value is None and default is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)  # PyYAML reads 1e-8 (no dot) as a string
+        except ValueError:
+            raise SpecError((arg,), f"expected a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError((arg,), f"expected a number, got {value!r}")
+    if isinstance(default, int) and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _parse_args(name: str, kind: OptimizerKind, raw: Any) -> dict[str, Any]:
+    """Validate `args` against the optax function's signature; loc is relative to `args`."""
+    if raw is None:  # `args:` with nothing under it
+        return {}
+    if not isinstance(raw, Mapping):
+        raise SpecError((), f"expected a mapping of {name}'s arguments, got {raw!r}")
+    settable = _settable_args(kind)
+    args = {}
+    for arg, value in raw.items():
+        reason = _reserved_reason(arg)
+        if reason is not None:
+            raise SpecError((arg,), reason)
+        if arg not in settable:
+            raise SpecError((arg,), f"{name} has no argument '{arg}'; {suggest(arg, settable)}")
+        args[arg] = _check_arg_value(arg, value, settable[arg].default)
+    if name == "sgd" and args.get("nesterov") and not args.get("momentum"):
+        raise SpecError(("nesterov",), "nesterov needs a momentum, e.g. momentum: 0.9")
+    return args
+
+
+# ----------------------------------------------------------------- schedules
+
+
+class ScheduleSpec(_Frozen):
+    """A learning-rate shape. `build(lr, total_steps)` gives step -> learning rate."""
+
+    name: str
+
+    def build(self, lr: float, total_steps: int) -> Schedule:
+        raise NotImplementedError
+
+
+class _WithWarmup(ScheduleSpec):
+    warmup_steps: Count = Field(default=0, ge=0)  # linear rise from 0 to lr
+
+    def build(self, lr: float, total_steps: int) -> Schedule:
+        after = self.after_warmup(lr, total_steps)
+        warmup = self.warmup_steps
+        if warmup == 0:
+            return after
+
+        def schedule(step):
+            rising = lr * jnp.asarray(step, jnp.float32) / warmup
+            return jnp.where(step < warmup, rising, after(step))
+
+        return schedule
+
+    def after_warmup(self, lr: float, total_steps: int) -> Schedule:
+        """The learning rate from step `warmup_steps` on, as a function of the absolute step."""
+        raise NotImplementedError
+
+    def decay_steps(self, total_steps: int) -> int:
+        return max(1, total_steps - self.warmup_steps)
+
+
+SCHEDULES: Registry[type[ScheduleSpec]] = Registry("schedule")
+
+
+@SCHEDULES.register("constant")
+class ConstantSchedule(_WithWarmup):
+    def after_warmup(self, lr, total_steps):
+        return optax.constant_schedule(lr)
+
+
+@SCHEDULES.register("piecewise")
+class PiecewiseSchedule(_WithWarmup):
+    """Multiply the learning rate by `scales[i]` at step `boundaries[i]` (cumulative)."""
+
+    boundaries: list[Count]  # steps, increasing
+    scales: list[Annotated[Number, Field(gt=0)]]
+
+    @field_validator("boundaries")
+    @classmethod
+    def _increasing(cls, boundaries: list[int]) -> list[int]:
+        if any(b <= 0 for b in boundaries) or any(
+            a >= b for a, b in zip(boundaries, boundaries[1:], strict=False)
+        ):
+            raise ValueError("boundaries must be positive steps in increasing order")
+        return boundaries
+
+    @field_validator("scales")
+    @classmethod
+    def _one_per_boundary(cls, scales: list[float], info) -> list[float]:
+        boundaries = info.data.get("boundaries")
+        if boundaries is not None and len(scales) != len(boundaries):
+            raise ValueError(f"give one scale per boundary ({len(boundaries)})")
+        return scales
+
+    def after_warmup(self, lr, total_steps):
+        return optax.piecewise_constant_schedule(
+            lr, dict(zip(self.boundaries, self.scales, strict=True))
+        )
+
+
+@SCHEDULES.register("step")
+class StepSchedule(_WithWarmup):
+    """Multiply the learning rate by `factor` every `every_steps` steps."""
+
+    every_steps: Count = Field(gt=0)
+    factor: Number = Field(default=0.1, gt=0)
+
+    def after_warmup(self, lr, total_steps):
+        return optax.exponential_decay(lr, self.every_steps, self.factor, staircase=True)
+
+
+@SCHEDULES.register("exponential")
+class ExponentialSchedule(_WithWarmup):
+    """Smooth decay: lr * decay_rate ** (step / transition_steps)."""
+
+    decay_rate: Number = Field(gt=0)
+    transition_steps: Count = Field(gt=0)
+
+    def after_warmup(self, lr, total_steps):
+        return optax.exponential_decay(lr, self.transition_steps, self.decay_rate)
+
+
+def _shifted(schedule: Schedule, offset: int) -> Schedule:
+    return lambda step: schedule(step - offset)
+
+
+@SCHEDULES.register("cosine")
+class CosineSchedule(_WithWarmup):
+    """Half a cosine from lr (after warmup) down to lr * final_scale at the last step."""
+
+    final_scale: Number = Field(default=0.0, ge=0, le=1)
+
+    def after_warmup(self, lr, total_steps):
+        decay = optax.cosine_decay_schedule(lr, self.decay_steps(total_steps), self.final_scale)
+        return _shifted(decay, self.warmup_steps)
+
+
+@SCHEDULES.register("warmup_cosine")
+class WarmupCosineSchedule(CosineSchedule):
+    warmup_steps: Count = Field(gt=0)
+
+
+@SCHEDULES.register("linear")
+class LinearSchedule(_WithWarmup):
+    """Straight line from lr (after warmup) down to lr * final_scale at the last step."""
+
+    final_scale: Number = Field(default=0.0, ge=0, le=1)
+
+    def after_warmup(self, lr, total_steps):
+        decay = optax.linear_schedule(lr, lr * self.final_scale, self.decay_steps(total_steps))
+        return _shifted(decay, self.warmup_steps)
+
+
+@SCHEDULES.register("one_cycle")
+class OneCycleSchedule(ScheduleSpec):
+    """Cosine rise from lr / div_factor to lr at `peak_fraction` of the run, then cosine fall
+    to lr / (div_factor * final_div_factor) at the end (PyTorch's OneCycleLR)."""
+
+    peak_fraction: Number = Field(default=0.3, gt=0, lt=1)
+    div_factor: Number = Field(default=25.0, ge=1)
+    final_div_factor: Number = Field(default=1e4, ge=1)
+
+    def build(self, lr, total_steps):
+        return optax.cosine_onecycle_schedule(
+            total_steps, lr, self.peak_fraction, self.div_factor, self.final_div_factor
+        )
+
+
+# ----------------------------------------------------------------- the spec
+
+
+class LookaheadSpec(_Frozen):
+    sync_period: Count = Field(default=5, ge=1)  # fast steps between slow-weight updates
+    slow_step_size: Number = Field(default=0.5, gt=0, le=1)
+
+
+class OptimizerSpec(_Frozen):
+    """The validated `optimizer:` mapping; `args` are checked against the optax signature."""
+
+    name: str
+    lr: Number = Field(gt=0)
+    args: dict[str, Any] = Field(default_factory=dict)
+    schedule: SerializeAsAny[ScheduleSpec] = ConstantSchedule(name="constant")
+    clip_norm: Number | None = Field(default=None, gt=0)
+    weight_decay: Number = Field(default=0.0, ge=0)
+    ema_decay: Number | None = Field(default=None, gt=0, lt=1)
+    lookahead: LookaheadSpec | None = None
+
+
+class _RawSpec(_Frozen):
+    name: str
+    lr: Number = Field(gt=0)
+    args: Any = {}
+    schedule: Any = "constant"
+    clip_norm: Number | None = Field(default=None, gt=0)
+    weight_decay: Number = Field(default=0.0, ge=0)
+    ema_decay: Number | None = Field(default=None, gt=0, lt=1)
+    lookahead: LookaheadSpec | None = None
+
+
+def _validate(model: type[BaseModel], raw: Any) -> BaseModel:
+    """pydantic validation with errors as SpecError (loc relative to `raw`)."""
+    if not isinstance(raw, Mapping):
+        raise SpecError((), f"expected a mapping, got {raw!r}")
+    try:
+        return model.model_validate(dict(raw))
+    except ValidationError as error:
+        first = error.errors()[0]
+        loc = tuple(first["loc"])
+        if first["type"] == "extra_forbidden":
+            valid = _fields_at(model, loc[:-1])
+            raise SpecError(loc, f"unknown key '{loc[-1]}'; {suggest(loc[-1], valid)}") from None
+        if first["type"] == "missing":
+            raise SpecError(loc, "missing required key") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise SpecError(loc, message[0].lower() + message[1:]) from None
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    for key in loc:
+        annotation = model.model_fields[key].annotation
+        model = next(t for t in getattr(annotation, "__args__", (annotation,)) if _is_model(t))
+    return list(model.model_fields)
+
+
+def _is_model(candidate: Any) -> bool:
+    return isinstance(candidate, type) and issubclass(candidate, BaseModel)
+
+
+def _parse_schedule(raw: Any) -> ScheduleSpec:
+    """`cosine` or `{name: cosine, ...}`; loc relative to the schedule value."""
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, Mapping):
+        raise SpecError((), f"expected a schedule name or mapping, got {raw!r}")
+    if "name" not in raw:
+        raise SpecError((), f"a schedule needs a 'name'; valid: {', '.join(SCHEDULES)}")
+    kind = SCHEDULES.get(raw["name"], ("name",))
+    return _validate(kind, raw)
+
+
+def parse_optimizer_spec(raw: Mapping) -> OptimizerSpec:
+    """Validate the `optimizer:` mapping; errors are SpecError with loc relative to `raw`."""
+    fields = _validate(_RawSpec, raw)
+    kind = OPTIMIZERS.get(fields.name, ("name",))
+    try:
+        args = _parse_args(fields.name, kind, fields.args)
+    except SpecError as error:
+        raise error.within("args") from None
+    try:
+        schedule = _parse_schedule(fields.schedule)
+    except SpecError as error:
+        raise error.within("schedule") from None
+    try:
+        kind.factory(fields.lr, **args)
+    except (TypeError, ValueError) as error:
+        raise SpecError(("args",), f"{fields.name} rejects these arguments: {error}") from None
+    return OptimizerSpec(**{**fields.model_dump(), "args": args, "schedule": schedule})
+
+
+# ------------------------------------------------------------- building
+
+
+def decay_mask(params: Any) -> Any:
+    """True for the parameters weight decay applies to: kernels, not biases or norm scales."""
+    return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def build_schedule(spec: OptimizerSpec, total_steps: int) -> Schedule:
+    """step -> learning rate; cosine, linear and one-cycle span `total_steps` (train.steps)."""
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    return spec.schedule.build(spec.lr, total_steps)
+
+
+def build_optimizer(
+    spec: OptimizerSpec, total_steps: int
+) -> tuple[optax.GradientTransformation, Schedule]:
+    """The full update rule (clipping, weight decay, optimizer, lookahead, weight average)
+    and its learning-rate schedule (step -> lr, for logging).
+
+    `update` must be given the current params. Evaluate with `eval_params(params, opt_state)`.
+    """
+    schedule = build_schedule(spec, total_steps)
+    kind = OPTIMIZERS.get(spec.name)
+    args = dict(spec.args)
+    native_decay = kind.decay_arg is not None
+    if native_decay:
+        args[kind.decay_arg] = spec.weight_decay
+        args[kind.mask_arg] = decay_mask
+    parts = []
+    if spec.clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(spec.clip_norm))
+    if spec.weight_decay > 0 and not native_decay:
+        parts.append(optax.add_decayed_weights(spec.weight_decay, decay_mask))
+    parts.append(kind.factory(schedule, **args))
+    tx = optax.chain(*parts) if len(parts) > 1 else parts[0]
+    if spec.lookahead is not None:
+        tx = _with_lookahead(tx, spec.lookahead)
+    if spec.ema_decay is not None:
+        tx = _with_weight_average(tx, spec.ema_decay)
+    return tx, schedule
+
+
+class LookaheadState(NamedTuple):
+    inner: optax.OptState
+    slow: Any  # the slow weights, evaluated instead of the trained (fast) ones
+
+
+def _with_lookahead(tx: optax.GradientTransformation, spec: LookaheadSpec):
+    """optax.lookahead with plain params: the slow weights live in the optimizer state."""
+    inner = optax.lookahead(tx, spec.sync_period, spec.slow_step_size)
+
+    def init(params):
+        return LookaheadState(inner.init(optax.LookaheadParams.init_synced(params)), params)
+
+    def update(grads, state, params=None):
+        _require(params, "lookahead")
+        pair = optax.LookaheadParams(fast=params, slow=state.slow)
+        updates, inner_state = inner.update(grads, state.inner, pair)
+        slow = optax.apply_updates(state.slow, updates.slow)
+        return updates.fast, LookaheadState(inner_state, slow)
+
+    return optax.GradientTransformation(init, update)
+
+
+class WeightAverageState(NamedTuple):
+    inner: optax.OptState
+    count: jax.Array
+    average: Any  # exponential moving average of the params after each update
+
+
+def _with_weight_average(tx: optax.GradientTransformation, decay: float):
+    def init(params):
+        return WeightAverageState(tx.init(params), jnp.zeros([], jnp.int32), params)
+
+    def update(grads, state, params=None):
+        _require(params, "ema_decay")
+        updates, inner_state = tx.update(grads, state.inner, params)
+        new_params = optax.apply_updates(params, updates)
+        # Early on the average would sit near the initial weights for ~1/(1-decay) steps;
+        # ramp the decay up as TensorFlow's ExponentialMovingAverage does with num_updates.
+        step = state.count.astype(jnp.float32)
+        rate = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+        average = jax.tree.map(
+            lambda a, p: (rate * a + (1.0 - rate) * p).astype(a.dtype), state.average, new_params
+        )
+        return updates, WeightAverageState(inner_state, state.count + 1, average)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _require(params: Any, feature: str) -> None:
+    if params is None:
+        raise ValueError(f"{feature} needs the params: call tx.update(grads, state, params)")
+
+
+def eval_params(params: Any, opt_state: Any) -> Any:
+    """The weights to evaluate: the moving average (ema_decay), else the slow lookahead
+    weights, else `params` itself. Traceable; works inside jit."""
+    if isinstance(opt_state, WeightAverageState):
+        return opt_state.average
+    if isinstance(opt_state, LookaheadState):
+        return opt_state.slow
+    return params
