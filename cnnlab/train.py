@@ -384,7 +384,8 @@ class TrainLoop:
                 state, metrics = trainer.program(count)(state, data)
                 pending.append(metrics)
                 step += count
-                final = step == cfg.steps or stop.requested
+                stopping = stop.requested  # read once: a Ctrl-C arriving later is seen next call
+                final = step == cfg.steps or stopping
                 if step % cfg.log_every_steps == 0 or final:
                     values = jax.device_get(pending)  # the only host sync between logs
                     images_per_sec = (step - last_step) * trainer.batch_size / clock.lap()
@@ -396,7 +397,7 @@ class TrainLoop:
                         self.checkpoints.save("latest", step, state)
                 if self.progress:
                     self.progress.update(step, self.last_train, self.last_val)
-                if stop.requested:
+                if stopping:
                     status = "interrupted"
                     break
         return self.summarise(step, status, clock.total(), compile_seconds)
