@@ -83,28 +83,40 @@ def overfit(
     say_notes(result.notes)
     console.print(overfit_verdict(result), highlight=False)
     if not result.memorised:
+        console.print(f"[bold]diagnosis:[/] {result.diagnosis}", highlight=False)
         raise typer.Exit(1)
 
 
 @app.command()
 @friendly
 def train(
-    experiment: Annotated[str, typer.Argument(help="Experiment file, or a name in experiments/.")],
+    experiment: Annotated[
+        str | None, typer.Argument(help="Experiment file, or a name in experiments/.")
+    ] = None,
     set_: Overrides = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Continue this run from its latest checkpoint.")
+    ] = None,
 ):
-    """Train an experiment into a new run folder under runs/."""
+    """Train an experiment into a new run folder under runs/ (or --resume a stopped run)."""
     from cnnlab.report import TrainProgress, summary_table
+    from cnnlab.runs import find_run
     from cnnlab.train import train as run_train
 
-    exp = load(experiment, set_)
+    if (experiment is None) == (resume is None):
+        raise UserError("give an experiment file to train, or --resume RUN to continue a run")
+    run_dir = find_run(resume) if resume else None
+    exp = load(run_dir / "config.yaml" if run_dir else experiment, set_)
     with TrainProgress(console, exp.train.steps) as progress:
-        result = run_train(exp, progress=progress)
+        result = run_train(exp, resume=run_dir, progress=progress)
     console.print(summary_table(result.summary))
     if result.summary["status"] == "interrupted":
-        console.print(
-            f"stopped at step {result.summary['steps']}; latest checkpoint saved in {result.run_dir}/checkpoints"
-        )
+        console.print(f"stopped at step {result.summary['steps']}; latest checkpoint saved")
+        console.print(f"continue with: cnnlab train --resume {result.run_dir}")
     console.print(f"run folder: {result.run_dir}")
+    if result.failed:
+        errors.print(f"[red]diverged:[/] {result.summary['failure']}", highlight=False)
+        raise typer.Exit(1)
 
 
 @app.command("eval")
@@ -125,6 +137,182 @@ def eval_(
     evaluation = evaluate_run(run_dir, split, checkpoint)
     console.print(f"run folder: {run_dir}")
     console.print(evaluation_tables(evaluation))
+    from cnnlab.plots import plot_confusion
+
+    picture = plot_confusion(evaluation, run_dir / f"confusion_{split}.png")
+    console.print(f"confusion plot: {picture}")
+
+
+@app.command()
+@friendly
+def sweep(
+    sweep_file: Annotated[
+        str, typer.Argument(help="Sweep file, or a name in experiments/sweeps/.")
+    ],
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="Continue this sweep folder (default: the newest unfinished one of the same trials)."
+        ),
+    ] = None,
+    new: Annotated[
+        bool, typer.Option("--new", help="Start a new sweep folder, even if one is unfinished.")
+    ] = False,
+):
+    """Train an experiment over a grid or random draws of settings and seeds; rank the settings."""
+    from pathlib import Path
+
+    from cnnlab.sweep import best_command, console_progress, load_sweep, run_sweep, sweep_table
+
+    spec = load_sweep(sweep_file)
+    result = run_sweep(
+        spec,
+        resume=Path(resume) if resume else None,
+        new=new,
+        progress=console_progress(console, spec),
+        log=console.print,
+    )
+    console.print(sweep_table(result))
+    command = best_command(result)
+    if command:
+        console.print(f"best: {command}", highlight=False, soft_wrap=True)
+    console.print(f"sweep folder: {result.folder} (sweep.csv, sweep_settings.csv, sweep.png)")
+
+
+@app.command()
+@friendly
+def runs(
+    pattern: Annotated[
+        str | None, typer.Argument(help="Show only runs whose folder name contains this.")
+    ] = None,
+):
+    """List runs, newest first: dataset, model, steps, time, accuracies. See one with `cnnlab show RUN`."""
+    from cnnlab.history import list_runs, print_table, runs_table
+    from cnnlab.runs import runs_dir
+
+    found = list_runs(pattern)
+    if not found:
+        where = f"matching '{pattern}' " if pattern else ""
+        console.print(f"no runs {where}in {runs_dir()}/")
+        return
+    print_table(console, runs_table(found, title=f"runs in {runs_dir()}/"))
+
+
+@app.command()
+@friendly
+def show(run: RunArg = "latest"):
+    """One run: its resolved config (YAML) and its results (summary, evaluations, plots)."""
+    from cnnlab.history import show_run
+    from cnnlab.runs import find_run
+
+    console.print(show_run(find_run(run)))
+
+
+@app.command()
+@friendly
+def compare(
+    runs_: Annotated[
+        list[str], typer.Argument(metavar="RUN...", help="Two or more runs (folders or names).")
+    ],
+    out: Annotated[
+        str, typer.Option(help="Where to write the overlay of the curves (PNG).")
+    ] = "compare.png",
+    plot: Annotated[bool, typer.Option(help="Write the PNG of the curves.")] = True,
+):
+    """Compare runs: the config keys that differ, their results, and their curves overlaid.
+
+    The PNG (--out, default ./compare.png) draws loss and accuracy against step, one colour per run, training solid and validation dashed."""
+    from pathlib import Path
+
+    from cnnlab.history import compare_table, print_table, resolve_runs
+
+    run_dirs = resolve_runs(runs_)
+    print_table(console, compare_table(run_dirs))
+    if plot:
+        from cnnlab.plots import plot_compare
+
+        console.print(f"curves: {plot_compare(run_dirs, Path(out))}")
+
+
+@app.command()
+@friendly
+def plot(run: RunArg = "latest"):
+    """Draw a run's loss and accuracy curves (training and validation) into curves.png in it."""
+    from cnnlab.plots import plot_curves
+    from cnnlab.runs import find_run
+
+    console.print(f"curves: {plot_curves(find_run(run))}")
+
+
+@app.command()
+@friendly
+def predict(
+    run: Annotated[str, typer.Argument(help="Run folder, part of a run name, or 'latest'.")],
+    images: Annotated[list[str], typer.Argument(metavar="IMAGE...", help="PNG or JPEG files.")],
+    top_k: Annotated[int, typer.Option(min=1, help="How many classes to show per image.")] = 5,
+    checkpoint: Annotated[
+        str, typer.Option(help="best (by validation accuracy) or latest.")
+    ] = "best",
+):
+    """Classify PNG or JPEG files with a trained run: the top-k classes and probabilities.
+
+    Images of any size are converted to the run's channels (greyscale or RGB) and resized (stretched, not cropped) to its input size."""
+    from pathlib import Path
+
+    from cnnlab.predict import predict_files, predictions_table
+    from cnnlab.runs import find_run
+
+    run_dir = find_run(run)
+    predictions = predict_files(run_dir, [Path(p) for p in images], top_k, checkpoint)
+    first = predictions[0]
+    console.print(f"run folder: {run_dir} ({first.checkpoint} checkpoint, step {first.step})")
+    console.print(predictions_table(predictions))
+
+
+DataDir = Annotated[
+    str | None,
+    typer.Option(
+        "--data-dir", help="TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets)."
+    ),
+]
+
+
+@data_app.command("prepare")
+@friendly
+def data_prepare(
+    name: Annotated[str, typer.Argument(help="mnist, fashion_mnist, cifar10 or cifar100.")],
+    from_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--from", help="Folder holding the original files; without it they are downloaded."
+        ),
+    ] = None,
+    data_dir: DataDir = None,
+    mirror: Annotated[
+        str | None,
+        typer.Option(help="Base URL serving the original files under their original names."),
+    ] = None,
+    checksums: Annotated[
+        str | None, typer.Option(help="Checksums file for the mirror (TFDS url_checksums format).")
+    ] = None,
+):
+    """Prepare a TFDS dataset without TensorFlow, from original files or by download."""
+    from cnnlab.data import prepare
+
+    location = prepare(
+        name, from_dir=from_dir, data_dir=data_dir, mirror=mirror, checksums=checksums
+    )
+    console.print(f"{name} is prepared at {location}")
+
+
+@data_app.command("list")
+@friendly
+def data_list(data_dir: DataDir = None):
+    """Which datasets are ready to load, where, and how many examples each split holds."""
+    from cnnlab.data import prepared_datasets
+    from cnnlab.data.listing import datasets_table
+
+    console.print(datasets_table(prepared_datasets(data_dir)))
 
 
 def main() -> None:

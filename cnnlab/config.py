@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -255,6 +255,11 @@ class DataConfig(_Section):
     normalize: bool = True  # standardise each channel with the training split's mean and std
 
 
+class EarlyStop(_Section):
+    patience_evals: int = Field(5, ge=1)  # evaluations without improvement before stopping
+    min_delta: float = Field(0.0, ge=0.0)  # validation accuracy gain that counts as improvement
+
+
 class TrainConfig(_Section):
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(128, ge=1)
@@ -262,6 +267,7 @@ class TrainConfig(_Section):
     log_every_steps: int = Field(100, ge=1)
     steps_per_call: int = Field(10, ge=1)  # steps fused into one compiled call (lax.scan)
     seed: int = Field(0, ge=0)
+    early_stop: EarlyStop | None = None  # stop on a validation plateau, keeping the best checkpoint
 
     @model_validator(mode="after")
     def _cadence_fits_calls(self):
@@ -328,10 +334,15 @@ def _pydantic_to_spec_error(error: ValidationError, model: type[BaseModel]) -> S
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     for part in loc:
-        annotation = model.model_fields[part].annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        field_type = model.model_fields[part].annotation
+        models = [
+            t
+            for t in (field_type, *get_args(field_type))
+            if isinstance(t, type) and issubclass(t, BaseModel)
+        ]
+        if not models:
             return []
-        model = annotation
+        model = models[0]
     return list(model.model_fields)
 
 

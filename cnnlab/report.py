@@ -39,6 +39,9 @@ class TrainProgress:
     def __exit__(self, *exc) -> None:
         self._bar.stop()
 
+    def warn(self, message: str) -> None:
+        self._bar.console.print(f"[yellow]warning:[/] {message}", highlight=False)
+
     def update(self, step: int, train: dict, val: dict) -> None:
         stats = ""
         if train:

@@ -53,16 +53,24 @@ def find_run(reference: str, root: Path | None = None) -> Path:
 
 
 class MetricsWriter:
-    """Appends rows to metrics.jsonl and metrics.csv, flushed per row so a crash loses nothing."""
+    """Appends rows to metrics.jsonl, metrics.csv and TensorBoard event files, and per-layer
+    statistics to diagnostics.jsonl; flushed per row so a crash loses nothing written."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, purge_after: int = 0):
+        from tensorboardX import SummaryWriter
+
         self.jsonl = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+        self.diagnostics = open(run_dir / "diagnostics.jsonl", "a")  # noqa: SIM115
         csv_path = run_dir / "metrics.csv"
         fresh = not csv_path.exists() or csv_path.stat().st_size == 0
         self.csv_file = open(csv_path, "a", newline="")  # noqa: SIM115
         self.csv = csv.DictWriter(self.csv_file, fieldnames=METRIC_COLUMNS)
         if fresh:
             self.csv.writeheader()
+        # On resume, TensorBoard drops its events after the checkpoint's step.
+        self.events = SummaryWriter(
+            str(run_dir / "tensorboard"), purge_step=purge_after + 1 if purge_after else None
+        )
 
     def write(self, **row: Any) -> None:
         row = {key: row.get(key) for key in METRIC_COLUMNS}
@@ -70,10 +78,58 @@ class MetricsWriter:
         self.csv.writerow(row)
         self.jsonl.flush()
         self.csv_file.flush()
+        for key in ("loss", "accuracy", "lr", "images_per_sec"):
+            if row.get(key) is not None:
+                tag = f"{key}/{row['split']}" if key in ("loss", "accuracy") else key
+                self.events.add_scalar(tag, row[key], row["step"])
+        self.events.flush()
+
+    def write_diagnostics(self, step: int, stats: dict) -> None:
+        """One row per layer: {step, layer, param_norm, param_mean, grad_norm, update_ratio}."""
+        model = stats.get("_model", {})
+        for layer, values in stats.items():
+            if layer == "_model":
+                continue
+            row = {"step": step, "layer": layer}
+            row.update({key: float(value) for key, value in values.items() if key != "finite"})
+            self.diagnostics.write(json.dumps(row) + "\n")
+            self.events.add_scalar(f"grad_norm/{layer}", row["grad_norm"], step)
+            self.events.add_scalar(f"update_ratio/{layer}", row["update_ratio"], step)
+        if "dead_relu" in model:
+            dead = float(model["dead_relu"])
+            self.diagnostics.write(
+                json.dumps({"step": step, "layer": "model", "dead_relu": dead}) + "\n"
+            )
+            self.events.add_scalar("dead_relu", dead, step)
+        self.diagnostics.flush()
 
     def close(self) -> None:
         self.jsonl.close()
         self.csv_file.close()
+        self.diagnostics.close()
+        self.events.close()
+
+
+def rewrite_metrics(run_dir: Path, rows: list[dict]) -> None:
+    """Replace the metric files with `rows` (resume: drop what came after the checkpoint)."""
+    last = max((row["step"] for row in rows), default=0)
+    tmp = run_dir / "metrics.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    os.replace(tmp, run_dir / "metrics.jsonl")
+    with open(run_dir / "metrics.csv.tmp", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(run_dir / "metrics.csv.tmp", run_dir / "metrics.csv")
+    diagnostics = run_dir / "diagnostics.jsonl"
+    if diagnostics.exists():
+        kept = [
+            line
+            for line in diagnostics.read_text().splitlines()
+            if json.loads(line)["step"] <= last
+        ]
+        (run_dir / "diagnostics.jsonl.tmp").write_text("".join(line + "\n" for line in kept))
+        os.replace(run_dir / "diagnostics.jsonl.tmp", diagnostics)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

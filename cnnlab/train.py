@@ -27,11 +27,26 @@ from cnnlab.augment import build_augment
 from cnnlab.config import Experiment, dump_experiment
 from cnnlab.data import load_dataset
 from cnnlab.data.dataset import Dataset, Split, split_validation
+from cnnlab.diagnostics import (
+    GradientWatch,
+    OverfitWatch,
+    dead_fraction,
+    explain_overfit_failure,
+    first_nonfinite,
+    layer_stats,
+)
 from cnnlab.errors import SpecError
 from cnnlab.models import build_model
 from cnnlab.models.base import Model
 from cnnlab.optim import build_optimizer, eval_params
-from cnnlab.runs import Checkpoints, MetricsWriter, create_run_dir, write_json
+from cnnlab.runs import (
+    Checkpoints,
+    MetricsWriter,
+    create_run_dir,
+    read_metrics,
+    rewrite_metrics,
+    write_json,
+)
 
 EVAL_BATCH = 500
 
@@ -84,10 +99,16 @@ class Trainer:
         self.mean, self.std = channel_stats(train.images) if normalize else (0.0, 1.0)
         self._programs: dict[int, Any] = {}
         self._forward = jax.jit(self._logits)
+        self._diagnostics = None
 
     # -- state ------------------------------------------------------------------------------
 
     def init(self, seed: int) -> TrainState:
+        """The state before the first step. Compiled: run eagerly, each initialiser's few ops
+        would be compiled one by one, which costs seconds."""
+        return jax.jit(self._init)(seed)
+
+    def _init(self, seed) -> TrainState:
         init_key, root_key = jax.random.split(jax.random.key(seed))
         params, model_state = self.model.init(init_key)
         return TrainState(
@@ -119,15 +140,13 @@ class Trainer:
         index = jax.lax.dynamic_slice_in_dim(order, position * self.batch_size, self.batch_size)
         return order, index, jax.random.fold_in(step_key, state.step)
 
-    def _step(self, state: TrainState, data: DeviceSplit) -> tuple[TrainState, dict]:
+    def _gradients(self, state: TrainState, data: DeviceSplit):
+        """Loss, gradients and what else a step needs, on this step's batch."""
         order, index, key = self._batch(state)
         augment_key, model_key = jax.random.split(key)
         labels = data.labels[index]
-        x, targets = self.augment(
-            augment_key,
-            self.preprocess(data.images[index]),
-            jax.nn.one_hot(labels, self.num_classes),
-        )
+        images = self.preprocess(data.images[index])
+        x, targets = self.augment(augment_key, images, jax.nn.one_hot(labels, self.num_classes))
         x = self.standardize(x)
 
         def loss_fn(params):
@@ -139,18 +158,49 @@ class Trainer:
         (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
         )
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+        return loss, accuracy, grads, model_state, order, x
+
+    def _step(self, state: TrainState, data: DeviceSplit) -> tuple[TrainState, dict]:
+        loss, accuracy, grads, model_state, order, _ = self._gradients(state, data)
+        grad_norm = optax.global_norm(grads)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        updated = TrainState(state.step + 1, params, model_state, opt_state, state.key, order)
+        # A non-finite step leaves the state as it was: training stops at that step with the last
+        # finite weights, and `diagnose` can replay the same batch to find the layer at fault.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new_state = jax.lax.cond(finite, lambda: updated, lambda: state)
         metrics = {
+            "step": state.step,
             "loss": loss,
-            "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+            "accuracy": accuracy,
             "lr": self.schedule(state.step),
+            "grad_norm": grad_norm,
+            "finite": finite,
         }
-        new_state = TrainState(state.step + 1, params, model_state, opt_state, state.key, order)
         return new_state, metrics
 
-    def program(self, count: int):
-        """The compiled call that runs `count` steps; the state is donated (updated in place)."""
+    def _diagnose(self, state: TrainState, data: DeviceSplit) -> dict:
+        _, _, grads, _, _, x = self._gradients(state, data)
+        updates, _ = self.tx.update(grads, state.opt_state, state.params)
+        stats = layer_stats(state.params, grads, updates)
+        if self.model.activations is not None:
+            dead = [
+                dead_fraction(a) for a in self.model.activations(state.params, state.model_state, x)
+            ]
+            stats["_model"] = {"dead_relu": jnp.mean(jnp.stack(dead)) if dead else jnp.zeros(())}
+        return stats
+
+    def diagnose(self, state: TrainState, data: DeviceSplit) -> dict:
+        """Per-layer statistics on the batch of the state's next step (without taking it)."""
+        if self._diagnostics is None:
+            self._diagnostics = jax.jit(self._diagnose)
+        return jax.device_get(self._diagnostics(state, data))
+
+    def program(self, count: int, state: TrainState, data: DeviceSplit):
+        """The compiled call that runs `count` steps; the state is donated (updated in place).
+        Compiled once per count, ahead of its first use, for arguments shaped like these."""
         if count not in self._programs:
 
             def run(state, data):
@@ -160,16 +210,9 @@ class Trainer:
                     lambda s, _: self._step(s, data), state, None, length=count, unroll=unroll
                 )
 
-            self._programs[count] = jax.jit(
-                run, donate_argnums=0, compiler_options=train_compiler_options()
-            )
+            jitted = jax.jit(run, donate_argnums=0, compiler_options=train_compiler_options())
+            self._programs[count] = jitted.lower(state, data).compile()
         return self._programs[count]
-
-    def compile(self, state: TrainState, data: DeviceSplit, count: int) -> float:
-        """Compile ahead of the first step; returns seconds spent."""
-        start = time.perf_counter()
-        self.program(count).lower(state, data).compile()
-        return time.perf_counter() - start
 
     # -- evaluation -------------------------------------------------------------------------
 
@@ -331,57 +374,90 @@ class TrainResult:
     run_dir: Path
     summary: dict
 
+    @property
+    def failed(self) -> bool:
+        return self.summary["status"] == "diverged"
+
 
 def train(
     experiment: Experiment,
     *,
     runs_root: Path | None = None,
     run_dir: Path | None = None,
+    resume: Path | None = None,
     progress=None,
 ) -> TrainResult:
-    """Train `experiment` into a new run folder (or the given empty `run_dir`); returns the folder
-    and its summary."""
+    """Train `experiment` into a new run folder (or the given empty `run_dir`), or continue the run
+    in `resume` from its latest checkpoint. Returns the folder and its summary."""
     prepared = prepare(experiment)
-    trainer = prepared.trainer
-    state = trainer.init(experiment.train.seed)
-    data = to_device(prepared.train)
-    if run_dir is None:
+    state = prepared.trainer.init(experiment.train.seed)
+    if resume is not None:
+        run_dir = resume
+    elif run_dir is None:
         run_dir = create_run_dir(experiment.name, runs_root)
     else:
         run_dir.mkdir(parents=True, exist_ok=False)
-    dump_experiment(experiment, run_dir / "config.yaml")
     loop = TrainLoop(experiment, prepared, run_dir, progress)
     try:
-        summary = loop.run(state, data)
+        if resume is not None:
+            state = loop.resume(state)
+        else:
+            dump_experiment(experiment, run_dir / "config.yaml")
+        summary = loop.run(state, to_device(prepared.train))
     finally:
         loop.close()
     return TrainResult(run_dir, summary)
 
 
 class TrainLoop:
-    """Runs compiled calls, logs at intervals, evaluates, checkpoints, summarises."""
+    """Runs compiled calls; logs, diagnoses, evaluates and checkpoints at intervals; summarises."""
 
     def __init__(self, experiment: Experiment, prepared: Prepared, run_dir: Path, progress=None):
         self.experiment, self.prepared, self.run_dir = experiment, prepared, run_dir
         self.trainer = prepared.trainer
         self.cfg = experiment.train
-        self.metrics = MetricsWriter(run_dir)
         self.checkpoints = Checkpoints(run_dir)
         self.progress = progress
         self.best: dict | None = None
         self.last_train: dict = {}
         self.last_val: dict = {}
+        self.warnings: list[str] = []
+        self.failure: str | None = None
+        self.gradients = GradientWatch()
+        self.overfitting = OverfitWatch()
+        self.plateau = 0  # evaluations since validation accuracy last improved by min_delta
+        self.first_step = 0
+        self.metrics: MetricsWriter | None = None
+
+    def resume(self, like: TrainState) -> TrainState:
+        """The latest checkpoint, with metrics after it dropped and the watchers replayed."""
+        state = self.checkpoints.restore("latest", like)
+        step = int(state.step)
+        rows = [row for row in read_metrics(self.run_dir) if row["step"] <= step]
+        rewrite_metrics(self.run_dir, rows)
+        for row in rows:
+            if row["split"] == "train":
+                self.last_train = {k: row[k] for k in ("loss", "accuracy", "lr", "images_per_sec")}
+            else:
+                self.note_validation(
+                    row["step"], {"loss": row["loss"], "accuracy": row["accuracy"]}
+                )
+        self.first_step = step
+        return state
 
     def run(self, state: TrainState, data: DeviceSplit) -> dict:
         cfg, trainer = self.cfg, self.trainer
+        self.metrics = MetricsWriter(self.run_dir, purge_after=self.first_step)
         step = int(state.step)
-        compile_seconds = trainer.compile(state, data, min(cfg.steps_per_call, cfg.steps - step))
         clock = Stopwatch()
+        if step < cfg.steps:
+            trainer.program(min(cfg.steps_per_call, cfg.steps - step), state, data)
+        compile_seconds = clock.lap()
         last_step, pending, status = step, [], "completed"
         with StopRequest() as stop:
             while step < cfg.steps:
                 count = min(cfg.steps_per_call, cfg.steps - step)
-                state, metrics = trainer.program(count)(state, data)
+                state, metrics = trainer.program(count, state, data)(state, data)
                 pending.append(metrics)
                 step += count
                 stopping = stop.requested  # read once: a Ctrl-C arriving later is seen next call
@@ -389,12 +465,19 @@ class TrainLoop:
                 if step % cfg.log_every_steps == 0 or final:
                     values = jax.device_get(pending)  # the only host sync between logs
                     images_per_sec = (step - last_step) * trainer.batch_size / clock.lap()
-                    self.log_train(step, values, images_per_sec, clock.total())
+                    with clock.paused():
+                        self.log_train(step, state, data, values, images_per_sec, clock.total())
                     pending, last_step = [], step
+                    if self.failure:
+                        status = "diverged"
+                        break
                 if step % cfg.eval_every_steps == 0 or final:
                     with clock.paused():
-                        self.evaluate(step, state, clock.total())
+                        improved = self.evaluate(step, state, clock.total())
                         self.checkpoints.save("latest", step, state)
+                    if self.plateaued(improved):
+                        status = "early_stopped"
+                        break
                 if self.progress:
                     self.progress.update(step, self.last_train, self.last_val)
                 if stopping:
@@ -402,28 +485,80 @@ class TrainLoop:
                     break
         return self.summarise(step, status, clock.total(), compile_seconds)
 
-    def log_train(self, step: int, values: list[dict], images_per_sec: float, wall: float) -> None:
-        mean = {key: float(np.mean([m[key] for m in values])) for key in ("loss", "accuracy")}
-        lr = float(np.asarray(values[-1]["lr"]).reshape(-1)[-1])
-        self.last_train = {**mean, "lr": lr, "images_per_sec": images_per_sec}
+    def log_train(
+        self, step, state, data, values: list[dict], images_per_sec: float, wall: float
+    ) -> None:
+        series = {key: np.concatenate([np.ravel(v[key]) for v in values]) for key in values[0]}
+        if not series["finite"].all():
+            self.fail(int(series["step"][~series["finite"]][0]), state, data)
+            return
+        self.last_train = {
+            "loss": float(series["loss"].mean()),
+            "accuracy": float(series["accuracy"].mean()),
+            "lr": float(series["lr"][-1]),
+            "images_per_sec": images_per_sec,
+        }
         self.metrics.write(step=step, split="train", wall_time=round(wall, 3), **self.last_train)
+        self.warn(self.gradients.check(step, float(series["grad_norm"].max())))
+        self.metrics.write_diagnostics(step, self.trainer.diagnose(state, data))
 
-    def evaluate(self, step: int, state: TrainState, wall: float) -> None:
+    def fail(self, step: int, state: TrainState, data: DeviceSplit) -> None:
+        """A non-finite loss or gradient at `step`: name the first layer at fault, keep the last
+        finite checkpoint, and stop."""
+        layer = first_nonfinite(self.trainer.diagnose(state, data))
+        where = f"; first non-finite gradient in layer {layer}" if layer else ""
+        kept = self.checkpoints.step("latest")
+        kept = (
+            f"the last finite checkpoint (step {kept}) is kept"
+            if kept is not None
+            else "no checkpoint was written"
+        )
+        self.failure = (
+            f"loss or gradient became non-finite at step {step}{where}; {kept}. "
+            "Lower optimizer.lr, or set optimizer.clip_norm"
+        )
+
+    def evaluate(self, step: int, state: TrainState, wall: float) -> bool:
+        """Validation loss and accuracy; saves `best` when accuracy improves. Returns whether
+        it improved by at least early_stop.min_delta."""
         val = self.prepared.val
         if not len(val):
-            return
-        self.last_val = scores(self.trainer.logits(state, val.images), val.labels)
-        self.metrics.write(step=step, split="val", wall_time=round(wall, 3), **self.last_val)
-        if self.best is None or self.last_val["accuracy"] > self.best["val_accuracy"]:
+            return True
+        result = scores(self.trainer.logits(state, val.images), val.labels)
+        self.metrics.write(step=step, split="val", wall_time=round(wall, 3), **result)
+        if self.best is None or result["accuracy"] > self.best["val_accuracy"]:
+            self.checkpoints.save("best", step, state)
+        return self.note_validation(step, result)
+
+    def note_validation(self, step: int, result: dict) -> bool:
+        previous = self.best["val_accuracy"] if self.best else -1.0
+        self.last_val = result
+        if result["accuracy"] > previous:
             self.best = {
                 "step": step,
-                "val_accuracy": self.last_val["accuracy"],
-                "val_loss": self.last_val["loss"],
+                "val_accuracy": result["accuracy"],
+                "val_loss": result["loss"],
             }
-            self.checkpoints.save("best", step, state)
+        if self.last_train:
+            self.warn(self.overfitting.check(step, self.last_train["accuracy"], result["accuracy"]))
+        min_delta = self.cfg.early_stop.min_delta if self.cfg.early_stop else 0.0
+        improved = result["accuracy"] > previous + min_delta
+        self.plateau = 0 if improved else self.plateau + 1
+        return improved
+
+    def plateaued(self, improved: bool) -> bool:
+        early_stop = self.cfg.early_stop
+        return early_stop is not None and not improved and self.plateau >= early_stop.patience_evals
+
+    def warn(self, message: str | None) -> None:
+        if message:
+            self.warnings.append(message)
+            if self.progress is not None and hasattr(self.progress, "warn"):
+                self.progress.warn(message)
 
     def summarise(self, step: int, status: str, seconds: float, compile_seconds: float) -> dict:
         device = jax.devices()[0]
+        dataset = self.prepared.dataset
         summary = {
             "name": self.experiment.name,
             "status": status,
@@ -431,15 +566,18 @@ class TrainLoop:
             "steps_planned": self.cfg.steps,
             "batch_size": self.trainer.batch_size,
             "dataset": {
-                "name": self.prepared.dataset.name,
+                "name": dataset.name,
                 "train": len(self.prepared.train),
                 "val": len(self.prepared.val),
-                "test": len(self.prepared.dataset.test),
-                "image_shape": list(self.prepared.dataset.image_shape),
-                "classes": list(self.prepared.dataset.class_names),
+                "test": len(dataset.test),
+                "image_shape": list(dataset.image_shape),
+                "classes": list(dataset.class_names),
             },
             "final": {"train": self.last_train, "val": self.last_val},
             "best": self.best,
+            "overfitting_since_step": self.overfitting.onset,
+            "warnings": self.warnings,
+            "failure": self.failure,
             "wall_seconds": round(seconds, 3),
             "compile_seconds": round(compile_seconds, 3),
             "device": {
@@ -453,7 +591,8 @@ class TrainLoop:
         return summary
 
     def close(self) -> None:
-        self.metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()
         self.checkpoints.close()
 
 
@@ -480,6 +619,7 @@ class OverfitResult:
     losses: list[tuple[int, float]]  # (step, loss) at each check
     accuracy: float
     notes: tuple[str, ...] = ()
+    diagnosis: str | None = None  # why it failed, when it did
 
 
 def overfit(experiment: Experiment, samples: int, max_steps: int = 1000) -> OverfitResult:
@@ -492,17 +632,14 @@ def overfit(experiment: Experiment, samples: int, max_steps: int = 1000) -> Over
     state = trainer.init(experiment.train.seed)
     data = to_device(subset)
     check_every = min(experiment.train.steps_per_call, max_steps)
-    losses, step = [], 0
     result = scores(trainer.logits(state, subset.images), subset.labels)
-    losses.append((0, result["loss"]))
-    while step < max_steps and result["accuracy"] < 1.0:
+    losses, step = [(0, result["loss"])], 0
+    while step < max_steps and result["accuracy"] < 1.0 and math.isfinite(result["loss"]):
         count = min(check_every, max_steps - step)
-        state, _ = trainer.program(count)(state, data)
+        state, _ = trainer.program(count, state, data)(state, data)
         step += count
         result = scores(trainer.logits(state, subset.images), subset.labels)
         losses.append((step, result["loss"]))
-        if not math.isfinite(result["loss"]):
-            break
     memorised = result["accuracy"] == 1.0
     return OverfitResult(
         samples=len(subset),
@@ -512,4 +649,15 @@ def overfit(experiment: Experiment, samples: int, max_steps: int = 1000) -> Over
         losses=losses,
         accuracy=result["accuracy"],
         notes=trainer.model.notes,
+        diagnosis=None if memorised else _overfit_diagnosis(trainer, state, data, subset, losses),
     )
+
+
+def _overfit_diagnosis(trainer: Trainer, state, data, subset: Split, losses) -> str:
+    stats = trainer.diagnose(state, data)
+    model = stats.pop("_model", {})
+    ratios = [float(v["update_ratio"]) for v in stats.values() if np.isfinite(v["update_ratio"])]
+    counts = np.bincount(subset.labels) / len(subset)
+    label_entropy = float(-(counts[counts > 0] * np.log(counts[counts > 0])).sum())
+    dead = float(model["dead_relu"]) if "dead_relu" in model else None
+    return explain_overfit_failure(losses, label_entropy, max(ratios, default=0.0), dead)

@@ -14,7 +14,9 @@ class Split:
 
     def __post_init__(self):
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 NHWC, got {self.images.dtype} {self.images.shape}")
+            raise ValueError(
+                f"images must be uint8 NHWC, got {self.images.dtype} {self.images.shape}"
+            )
         if self.labels.shape != (len(self.images),):
             raise ValueError(f"labels {self.labels.shape} do not match {len(self.images)} images")
 

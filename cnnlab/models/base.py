@@ -26,11 +26,23 @@ class Model:
     apply: Callable[..., tuple[jax.Array, State]]
     notes: tuple[str, ...] = field(default=())  # said once to the user, e.g. "final softmax dropped"
     module: Callable[[jax.Array], nnx.Module] | None = None  # NNX models: build the module (inspect)
+    # `activations(params, state, x) -> [array, ...]`: the outputs of the ReLU layers in evaluation
+    # mode, for the dead-unit diagnostic; None where the model cannot tell.
+    activations: Callable[..., list[jax.Array]] | None = None
 
 
-def from_nnx(make: Callable[[nnx.Rngs], nnx.Module], notes: tuple[str, ...] = ()) -> Model:
+def from_nnx(
+    make: Callable[[nnx.Rngs], nnx.Module],
+    notes: tuple[str, ...] = (),
+    *,
+    rngs_at_call: bool = False,
+) -> Model:
     """Wrap an NNX module factory. Training and evaluation differ by the module's own
-    `train()`/`eval()` flags (dropout, batch norm), which live in two graph definitions."""
+    `train()`/`eval()` flags (dropout, batch norm), which live in two graph definitions.
+
+    Modules that hold their own rng streams keep them in `state`. With `rngs_at_call`, the
+    module is called as `module(x, rngs=nnx.Rngs(key))` while training instead, so its
+    randomness comes from apply's `key` and `state` holds only batch statistics."""
     module = nnx.eval_shape(lambda: make(nnx.Rngs(0)))
     module.train()
     train_def, _, _ = nnx.split(module, nnx.Param, ...)
@@ -38,12 +50,20 @@ def from_nnx(make: Callable[[nnx.Rngs], nnx.Module], notes: tuple[str, ...] = ()
     eval_def, _, _ = nnx.split(module, nnx.Param, ...)
 
     def init(key):
-        _, params, state = nnx.split(make(nnx.Rngs(key)), nnx.Param, ...)
+        # XLA:CPU compiles the partitionable threefry about 5x slower (seconds per layer shape);
+        # the classic one gives equally good random numbers.
+        with jax.threefry_partitionable(False):
+            _, params, state = nnx.split(make(nnx.Rngs(key)), nnx.Param, ...)
         return params, state
 
+    init = jax.jit(init)  # one compiled program for all layers, not one per layer shape
+
     def apply(params, state, x, *, train: bool, key=None):
-        net = nnx.merge(train_def if train else eval_def, params, state)
-        logits = net(x)
+        net = nnx.merge(train_def if train else eval_def, params, state, copy=True)
+        if rngs_at_call:
+            logits = net(x, rngs=nnx.Rngs(key) if train and key is not None else None)
+        else:
+            logits = net(x)
         _, _, state = nnx.split(net, nnx.Param, ...)
         return logits, state
 

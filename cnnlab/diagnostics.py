@@ -1,0 +1,142 @@
+"""Signals that explain a run: per-layer norms, non-finite gradients, gradient jumps, overfitting,
+and the diagnosis printed when `overfit` fails."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Path parts that name containers rather than layers: dropped from layer names.
+_CONTAINER_KEYS = {"layers", "body", "value"}
+
+
+def layer_name(path) -> str:
+    """('layers', 3, 'body', 'layers', 0, 'kernel') -> '3.0' (the numbering `inspect` shows)."""
+    parts = []
+    for entry in path[:-1]:
+        key = getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry)))
+        if key not in _CONTAINER_KEYS:
+            parts.append(str(key))
+    return ".".join(parts) or "params"
+
+
+def _by_layer(tree) -> dict[str, list[jax.Array]]:
+    groups: dict[str, list[jax.Array]] = defaultdict(list)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if path and getattr(path[-1], "name", None) == "value":
+            path = path[:-1]
+        groups[layer_name(path)].append(leaf)
+    return dict(groups)
+
+
+def _norm(leaves) -> jax.Array:
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in leaves))
+
+
+def layer_stats(params, grads, updates) -> dict[str, dict[str, jax.Array]]:
+    """Per layer: parameter norm and mean, gradient norm, and update-to-parameter ratio."""
+    params, grads, updates = _by_layer(params), _by_layer(grads), _by_layer(updates)
+    stats = {}
+    for name, leaves in params.items():
+        count = sum(leaf.size for leaf in leaves)
+        param_norm = _norm(leaves)
+        stats[name] = {
+            "param_norm": param_norm,
+            "param_mean": sum(jnp.sum(leaf) for leaf in leaves) / count,
+            "grad_norm": _norm(grads[name]),
+            "update_ratio": _norm(updates[name]) / (param_norm + 1e-12),
+            "finite": jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in grads[name]])),
+        }
+    return stats
+
+
+def dead_fraction(activations: jax.Array) -> jax.Array:
+    """Fraction of units (channels, or features) that are zero for every example in the batch."""
+    units = activations.reshape(-1, activations.shape[-1])
+    return jnp.mean(jnp.all(units <= 0, axis=0))
+
+
+def first_nonfinite(stats: dict) -> str | None:
+    for name, values in stats.items():
+        if not bool(values["finite"]):
+            return name
+    return None
+
+
+class GradientWatch:
+    """Warns when the global gradient norm jumps by orders of magnitude between log intervals."""
+
+    def __init__(self, factor: float = 100.0):
+        self.factor = factor
+        self.previous: float | None = None
+
+    def check(self, step: int, grad_norm: float) -> str | None:
+        previous, self.previous = self.previous, grad_norm
+        if previous and math.isfinite(grad_norm) and grad_norm > self.factor * previous:
+            return (
+                f"step {step}: gradient norm jumped {grad_norm / previous:,.0f}x "
+                f"({previous:.3g} -> {grad_norm:.3g}); lower optimizer.lr or set optimizer.clip_norm"
+            )
+        return None
+
+
+@dataclass
+class OverfitWatch:
+    """Reports overfitting: validation accuracy stops improving while the train-val gap widens.
+
+    `onset` is the eval step after which validation accuracy never beat its best, once the gap
+    has grown by `min_gap` since then."""
+
+    min_gap: float = 0.05
+    best_val: float = -1.0
+    best_step: int | None = None
+    gap_at_best: float = 0.0
+    onset: int | None = None
+
+    def check(self, step: int, train_accuracy: float, val_accuracy: float) -> str | None:
+        gap = train_accuracy - val_accuracy
+        if val_accuracy > self.best_val:
+            self.best_val, self.best_step, self.gap_at_best = val_accuracy, step, gap
+            return None
+        if self.onset is None and gap - self.gap_at_best >= self.min_gap:
+            self.onset = self.best_step
+            return (
+                f"step {step}: overfitting since step {self.onset}: validation accuracy has not improved "
+                f"on {self.best_val:.4f} while the train-val gap grew to {gap:.1%}"
+            )
+        return None
+
+
+def explain_overfit_failure(
+    losses: list[tuple[int, float]], label_entropy: float, update_ratio: float, dead: float | None
+) -> str:
+    """Why a model failed to memorise a handful of samples.
+
+    `label_entropy` is the loss a model reaches by predicting the samples' label frequencies
+    while ignoring the images (log(classes) when every class appears once); `update_ratio` the
+    largest per-layer update-to-parameter ratio of a step; `dead` the fraction of dead ReLU units."""
+    values = np.array([loss for _, loss in losses], dtype=np.float64)
+    first, last = values[0], values[-1]
+    if not np.all(np.isfinite(values)) or last > 1.5 * first:
+        return "loss diverging: the learning rate is too high (lower optimizer.lr, or run `cnnlab lr-find`)"
+    if dead is not None and dead > 0.5:
+        return (
+            f"loss flat ({first:.3f} -> {last:.3f}): {dead:.0%} of ReLU units are dead "
+            "(try he_normal initialisation, leaky_relu, or a lower learning rate)"
+        )
+    if update_ratio < 1e-5:
+        return (
+            f"loss flat ({first:.3f} -> {last:.3f}): updates are {update_ratio:.1e} of the weights; "
+            "the learning rate is too low (raise optimizer.lr)"
+        )
+    if label_entropy > 0 and abs(last - label_entropy) < 0.05 * label_entropy:
+        return (
+            f"loss stuck at {last:.3f}, the entropy of the labels (log(classes) = {label_entropy:.3f} for "
+            "distinct labels): the output ignores the input; check the labels and the output wiring"
+        )
+    return f"loss falling slowly ({first:.3f} -> {last:.3f}): give it more steps or a higher learning rate"

@@ -1,0 +1,118 @@
+"""Classify image files with a trained run: top-k classes and their probabilities."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Group
+from rich.table import Table
+
+from cnnlab.errors import UserError
+
+MODES = {1: "L", 3: "RGB"}  # channels -> Pillow mode
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: Path
+    original_size: tuple[int, int]  # (width, height) of the file, before resizing
+    top: list[tuple[str, float]]  # (class name, probability), most likely first
+    checkpoint: str  # which checkpoint answered: 'best' or 'latest'
+    step: int
+
+
+def open_image(path: Path):
+    """A decoded Pillow image, turned upright by its EXIF orientation; unreadable files are a
+    one-line error naming the file."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return ImageOps.exif_transpose(image)
+    except FileNotFoundError:
+        raise UserError(f"image not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a folder, not an image file") from None
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        reason = getattr(error, "strerror", None) or "not a PNG or JPEG file, or damaged"
+        raise UserError(f"cannot read image {path}: {reason}") from None
+
+
+def to_input(image, shape: Sequence[int]) -> np.ndarray:
+    """A Pillow image as the run's input: (H, W, C) uint8, greyscale or RGB to match C, resized
+    (stretched, not cropped) to H x W."""
+    height, width, channels = shape
+    if channels not in MODES:
+        raise UserError(f"the run takes {channels}-channel images; predict handles 1 or 3")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        image = _on_white(image)
+    image = image.convert(MODES[channels])
+    if image.size != (width, height):
+        from PIL import Image
+
+        image = image.resize((width, height), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
+
+
+def _on_white(image):
+    """Transparent pixels become white rather than whatever colour they happen to hold."""
+    from PIL import Image
+
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(-1, keepdims=True)
+
+
+def top_classes(
+    probabilities: np.ndarray, class_names: Sequence[str], k: int
+) -> list[tuple[str, float]]:
+    order = np.argsort(-probabilities, kind="stable")[: min(k, len(class_names))]
+    return [(class_names[i], float(probabilities[i])) for i in order]
+
+
+def predict_files(
+    run_dir: Path, paths: Sequence[Path], top_k: int = 5, checkpoint: str = "best"
+) -> list[Prediction]:
+    """The `top_k` most likely classes for each image file, from the run's checkpoint."""
+    from cnnlab.evaluate import restore_run
+
+    if top_k < 1:
+        raise UserError(f"--top-k {top_k}: give 1 or more")
+    images = [open_image(Path(path)) for path in paths]  # bad files fail before the slow part
+    _, prepared, state, kind = restore_run(run_dir, checkpoint)
+    shape = prepared.dataset.image_shape
+    batch = np.stack([to_input(image, shape) for image in images])
+    probabilities = softmax(prepared.trainer.logits(state, batch))
+    names, step = prepared.dataset.class_names, int(state.step)
+    return [
+        Prediction(Path(path), image.size, top_classes(row, names, top_k), kind, step)
+        for path, image, row in zip(paths, images, probabilities, strict=True)
+    ]
+
+
+def predictions_table(predictions: Sequence[Prediction], bar_width: int = 20) -> Group:
+    """One small table per image: rank, class, probability and a bar."""
+    tables = []
+    for prediction in predictions:
+        width, height = prediction.original_size
+        table = Table(title=f"{prediction.path.name} ({width}x{height})", title_justify="left")
+        table.add_column("#", justify="right")
+        table.add_column("class")
+        table.add_column("probability", justify="right")
+        table.add_column("")
+        for rank, (name, probability) in enumerate(prediction.top, start=1):
+            bar = "█" * round(probability * bar_width)
+            style = "bold" if rank == 1 else ""
+            table.add_row(str(rank), name, f"{probability:.2%}", f"[cyan]{bar}[/]", style=style)
+        tables.append(table)
+    return Group(*tables)
