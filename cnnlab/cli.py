@@ -6,6 +6,7 @@ jax, flax and tensorflow-datasets are imported inside the commands, so `cnnlab -
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -313,6 +314,59 @@ def data_list(data_dir: DataDir = None):
     from cnnlab.data.listing import datasets_table
 
     console.print(datasets_table(prepared_datasets(data_dir)))
+
+
+@app.command()
+@friendly
+def diagnostics(run: RunArg = "latest"):
+    """Per-layer parameter and gradient norms, update ratios and dead ReLUs of a run, with trends."""
+    import json
+
+    from cnnlab.report import diagnostics_table
+    from cnnlab.runs import find_run
+
+    run_dir = find_run(run)
+    path = run_dir / "diagnostics.jsonl"
+    if not path.exists():
+        raise UserError(f"run {run_dir.name} has no diagnostics.jsonl (it logged nothing yet)")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    console.print(diagnostics_table(rows))
+    summary = (
+        json.loads((run_dir / "summary.json").read_text())
+        if (run_dir / "summary.json").exists()
+        else {}
+    )
+    for warning in summary.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if summary.get("failure"):
+        console.print(f"[red]diverged:[/] {summary['failure']}", highlight=False)
+
+
+@app.command("lr-find")
+@friendly
+def lr_find(
+    experiment: Experiment = None,
+    steps: Annotated[int, typer.Option(min=10, help="Steps of the range test.")] = 200,
+    min_lr: Annotated[float, typer.Option(help="Rate at the first step.")] = 1e-6,
+    max_lr: Annotated[float, typer.Option(help="Rate at the last step.")] = 10.0,
+    out: Annotated[Path, typer.Option(help="Where to write the loss-against-rate plot.")] = Path(
+        "lr_find.png"
+    ),
+    set_: Overrides = None,
+):
+    """Learning-rate range test: loss against an exponentially rising rate, and a suggested rate."""
+    from cnnlab.lr_find import lr_find as range_test
+    from cnnlab.lr_find import plot_range_test
+
+    exp = load(experiment, set_)
+    console.print(f"lr-find [bold]{exp.name}[/]: {steps} steps, rate {min_lr:g} -> {max_lr:g}")
+    result = range_test(exp, min_lr=min_lr, max_lr=max_lr, steps=steps)
+    plot_range_test(result, out)
+    console.print(f"lowest smoothed loss at lr {result.lowest_loss_lr:.3g}; plot: {out}")
+    console.print(f"[green]suggested lr: {result.suggestion:.3g}[/]", highlight=False)
+    console.print(
+        f"try: cnnlab train {experiment or 'digits'} --set optimizer.lr={result.suggestion:.2g}"
+    )
 
 
 def main() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from rich.console import Console, Group
 from rich.progress import (
     BarColumn,
@@ -122,3 +124,55 @@ def overfit_verdict(result) -> str:
         f"[red]FAIL[/]: {result.accuracy:.0%} of {result.samples} samples after {result.steps_run} steps; "
         f"loss {first:.3f} -> {last:.4f}"
     )
+
+
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 12) -> str:
+    """A tiny log-scale trend line: norms span orders of magnitude."""
+    if not values:
+        return ""
+    count = min(width, len(values))
+    picks = [values[round(i * (len(values) - 1) / max(count - 1, 1))] for i in range(count)]
+    logs = [math.log10(max(v, 1e-30)) for v in picks]
+    low, high = min(logs), max(logs)
+    span = (high - low) or 1.0
+    return "".join(_BARS[round((x - low) / span * (len(_BARS) - 1))] for x in logs)
+
+
+def diagnostics_table(rows: list[dict]) -> Table:
+    """Per layer: the latest parameter norm and mean, gradient norm and update ratio, and the
+    gradient norm's trend over the run."""
+    layers: dict[str, list[dict]] = {}
+    for row in rows:
+        layers.setdefault(row["layer"], []).append(row)
+    last_step = max((row["step"] for row in rows), default=0)
+    table = Table(title=f"per-layer diagnostics at step {last_step}")
+    for column in (
+        "layer",
+        "param norm",
+        "param mean",
+        "grad norm",
+        "update/param",
+        "grad norm trend",
+    ):
+        table.add_column(
+            column, justify="left" if column in ("layer", "grad norm trend") else "right"
+        )
+    for layer, history in layers.items():
+        latest = history[-1]
+        if "grad_norm" not in latest:
+            continue
+        table.add_row(
+            layer,
+            f"{latest['param_norm']:.3g}",
+            f"{latest['param_mean']:+.2e}",
+            f"{latest['grad_norm']:.3g}",
+            f"{latest['update_ratio']:.2e}",
+            sparkline([h["grad_norm"] for h in history]),
+        )
+    dead = layers.get("model", [])
+    if dead:
+        table.caption = f"dead ReLU units: {dead[-1]['dead_relu']:.1%} (trend {sparkline([d['dead_relu'] + 1e-6 for d in dead])})"
+    return table

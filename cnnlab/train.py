@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import platform
 import signal
 import threading
@@ -65,6 +66,18 @@ class TrainState(NamedTuple):
 class DeviceSplit(NamedTuple):
     images: jax.Array  # (N, H, W, C) uint8
     labels: jax.Array  # (N,) int32
+
+
+def enable_compilation_cache() -> None:
+    """Keep compiled programs on disk, so a second run of an experiment skips most compiling.
+    A cache directory the user chose (JAX_COMPILATION_CACHE_DIR) wins."""
+    if jax.config.jax_compilation_cache_dir is None:
+        root = Path(os.environ.get("CNNLAB_CACHE_DIR", Path.home() / ".cache" / "cnnlab"))
+        jax.config.update("jax_compilation_cache_dir", str(root / "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+enable_compilation_cache()
 
 
 def on_cpu() -> bool:

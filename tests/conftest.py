@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
+
 EXPERIMENTS = REPO / "experiments"
+
+# One compilation cache for the whole session (set before jax is imported): tests that compile
+# the same program share it.
+_JAX_CACHE = tempfile.mkdtemp(prefix="cnnlab-test-jax-")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _JAX_CACHE)
+atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
