@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from cnnlab.errors import UserError
 
@@ -44,7 +45,7 @@ def friendly(command):
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            errors.print(f"[red]error:[/] {error}", highlight=False, soft_wrap=True)
+            errors.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             errors.print("interrupted")
@@ -116,7 +117,7 @@ def train(
         console.print(f"continue with: cnnlab train --resume {result.run_dir}")
     console.print(f"run folder: {result.run_dir}")
     if result.failed:
-        errors.print(f"[red]diverged:[/] {result.summary['failure']}", highlight=False)
+        errors.print(f"[red]diverged:[/] {result.summary['failure']}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 

@@ -28,7 +28,9 @@ class Registry(Generic[T]):
         try:
             return self._items[name]
         except (KeyError, TypeError):
-            raise SpecError(loc, f"unknown {self.kind} '{name}'; {suggest(name, self._items)}") from None
+            raise SpecError(
+                loc, f"unknown {self.kind} '{name}'; {suggest(name, self._items)}"
+            ) from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

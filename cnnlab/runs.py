@@ -173,6 +173,12 @@ class Checkpoints:
             return
         manager.save(step, args=self._ocp.args.StandardSave(state))
 
+    def discard_after(self, step: int) -> None:
+        """Delete checkpoints newer than `step` (a resumed run will write its own)."""
+        for manager in self._managers.values():
+            for newer in [s for s in manager.all_steps() if s > step]:
+                manager.delete(newer)
+
     def step(self, kind: str) -> int | None:
         return self._managers[kind].latest_step()
 

@@ -446,6 +446,7 @@ class TrainLoop:
         """The latest checkpoint, with metrics after it dropped and the watchers replayed."""
         state = self.checkpoints.restore("latest", like)
         step = int(state.step)
+        self.checkpoints.discard_after(step)
         rows = [row for row in read_metrics(self.run_dir) if row["step"] <= step]
         rewrite_metrics(self.run_dir, rows)
         for row in rows:
@@ -462,10 +463,11 @@ class TrainLoop:
         cfg, trainer = self.cfg, self.trainer
         self.metrics = MetricsWriter(self.run_dir, purge_after=self.first_step)
         step = int(state.step)
-        clock = Stopwatch()
+        started = time.perf_counter()
         if step < cfg.steps:
             trainer.program(min(cfg.steps_per_call, cfg.steps - step), state, data)
-        compile_seconds = clock.lap()
+        compile_seconds = time.perf_counter() - started
+        clock = Stopwatch()
         last_step, pending, status = step, [], "completed"
         with StopRequest() as stop:
             while step < cfg.steps:
@@ -670,7 +672,8 @@ def _overfit_diagnosis(trainer: Trainer, state, data, subset: Split, losses) -> 
     stats = trainer.diagnose(state, data)
     model = stats.pop("_model", {})
     ratios = [float(v["update_ratio"]) for v in stats.values() if np.isfinite(v["update_ratio"])]
+    grad_norm = float(np.sqrt(sum(float(v["grad_norm"]) ** 2 for v in stats.values())))
     counts = np.bincount(subset.labels) / len(subset)
     label_entropy = float(-(counts[counts > 0] * np.log(counts[counts > 0])).sum())
     dead = float(model["dead_relu"]) if "dead_relu" in model else None
-    return explain_overfit_failure(losses, label_entropy, max(ratios, default=0.0), dead)
+    return explain_overfit_failure(losses, label_entropy, max(ratios, default=0.0), grad_norm, dead)

@@ -24,8 +24,12 @@ class Model:
 
     init: Callable[[jax.Array], tuple[Params, State]]
     apply: Callable[..., tuple[jax.Array, State]]
-    notes: tuple[str, ...] = field(default=())  # said once to the user, e.g. "final softmax dropped"
-    module: Callable[[jax.Array], nnx.Module] | None = None  # NNX models: build the module (inspect)
+    notes: tuple[str, ...] = field(
+        default=()
+    )  # said once to the user, e.g. "final softmax dropped"
+    module: Callable[[jax.Array], nnx.Module] | None = (
+        None  # NNX models: build the module (inspect)
+    )
     # `activations(params, state, x) -> [array, ...]`: the outputs of the ReLU layers in evaluation
     # mode, for the dead-unit diagnostic; None where the model cannot tell.
     activations: Callable[..., list[jax.Array]] | None = None
