@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -268,6 +268,11 @@ class TrainConfig(_Section):
     steps_per_call: int = Field(10, ge=1)  # steps fused into one compiled call (lax.scan)
     seed: int = Field(0, ge=0)
     early_stop: EarlyStop | None = None  # stop on a validation plateau, keeping the best checkpoint
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    precision: Literal["float32", "bf16"] = (
+        "float32"  # bf16: compute in bfloat16, keep float32 weights
+    )
+    test_time_flip: bool = False  # evaluate on the mean logits of each image and its mirror
 
     @model_validator(mode="after")
     def _cadence_fits_calls(self):

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from cnnlab.augment import build_augment
-from cnnlab.config import Experiment, dump_experiment
+from cnnlab.config import Experiment, TrainConfig, dump_experiment
 from cnnlab.data import load_dataset
 from cnnlab.data.dataset import Dataset, Split, split_validation
 from cnnlab.diagnostics import (
@@ -61,6 +61,7 @@ class TrainState(NamedTuple):
     opt_state: Any
     key: jax.Array  # the run's root key; each step folds in its own number
     order: jax.Array  # (N,) int32: this epoch's order of the training examples
+    norm: jax.Array  # (2, C): per-channel mean and std that standardise the inputs
 
 
 class DeviceSplit(NamedTuple):
@@ -101,15 +102,19 @@ class Trainer:
         augment: Callable,
         train: Split,
         num_classes: int,
-        batch_size: int,
+        options: TrainConfig,
         normalize: bool = True,
     ):
         self.model, self.tx, self.schedule, self.augment = model, tx, schedule, augment
+        self.options = options
         self.num_classes = num_classes
         self.num_examples = len(train)
-        self.batch_size = min(batch_size, self.num_examples)
+        self.batch_size = min(options.batch_size, self.num_examples)
         self.steps_per_epoch = self.num_examples // self.batch_size
-        self.mean, self.std = channel_stats(train.images) if normalize else (0.0, 1.0)
+        self.stats = channel_stats(train.images) if normalize else no_stats(train.images)
+        # A sample of the training images for parameters computed from data (whitening).
+        self.sample = train.images[: min(len(train), 5000)] if model.data_init else None
+        self.compute_dtype = jnp.bfloat16 if options.precision == "bf16" else jnp.float32
         self._programs: dict[int, Any] = {}
         self._forward = jax.jit(self._logits)
         self._diagnostics = None
@@ -119,11 +124,14 @@ class Trainer:
     def init(self, seed: int) -> TrainState:
         """The state before the first step. Compiled: run eagerly, each initialiser's few ops
         would be compiled one by one, which costs seconds."""
-        return jax.jit(self._init)(seed)
+        return jax.jit(self._init)(seed, self.stats, self.sample)
 
-    def _init(self, seed) -> TrainState:
+    def _init(self, seed, stats, sample) -> TrainState:
         init_key, root_key = jax.random.split(jax.random.key(seed))
         params, model_state = self.model.init(init_key)
+        if self.model.data_init is not None:
+            x = self.standardize(stats, self.preprocess(sample))
+            params = self.model.data_init(params, model_state, x)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -131,13 +139,23 @@ class Trainer:
             opt_state=self.tx.init(params),
             key=root_key,
             order=jnp.arange(self.num_examples, dtype=jnp.int32),
+            norm=stats,
         )
 
     def preprocess(self, images: jax.Array) -> jax.Array:
         return images.astype(jnp.float32) / 255.0
 
-    def standardize(self, x: jax.Array) -> jax.Array:
-        return (x - self.mean) / self.std
+    @staticmethod
+    def standardize(norm: jax.Array, x: jax.Array) -> jax.Array:
+        return (x - norm[0]) / norm[1]
+
+    def forward(self, params, model_state, x, *, train: bool, key):
+        """The model in the compute precision; logits come back in float32."""
+        if self.compute_dtype != jnp.float32:
+            params = jax.tree.map(lambda p: p.astype(self.compute_dtype), params)
+            x = x.astype(self.compute_dtype)
+        logits, model_state = self.model.apply(params, model_state, x, train=train, key=key)
+        return logits.astype(jnp.float32), model_state
 
     # -- one step ---------------------------------------------------------------------------
 
@@ -160,10 +178,12 @@ class Trainer:
         labels = data.labels[index]
         images = self.preprocess(data.images[index])
         x, targets = self.augment(augment_key, images, jax.nn.one_hot(labels, self.num_classes))
-        x = self.standardize(x)
+        x = self.standardize(state.norm, x)
+        smoothing = self.options.label_smoothing
+        targets = targets * (1 - smoothing) + smoothing / self.num_classes
 
         def loss_fn(params):
-            logits, model_state = self.model.apply(
+            logits, model_state = self.forward(
                 params, state.model_state, x, train=True, key=model_key
             )
             return optax.softmax_cross_entropy(logits, targets).mean(), (logits, model_state)
@@ -178,8 +198,17 @@ class Trainer:
         loss, accuracy, grads, model_state, order, _ = self._gradients(state, data)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        if self.model.frozen is not None:
+            frozen = self.model.frozen(state.params)
+            updates = jax.tree.map(lambda u, f: jnp.where(f, 0, u), updates, frozen)
         params = optax.apply_updates(state.params, updates)
-        updated = TrainState(state.step + 1, params, model_state, opt_state, state.key, order)
+        updated = state._replace(
+            step=state.step + 1,
+            params=params,
+            model_state=model_state,
+            opt_state=opt_state,
+            order=order,
+        )
         # A non-finite step leaves the state as it was: training stops at that step with the last
         # finite weights, and `diagnose` can replay the same batch to find the layer at fault.
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -230,14 +259,17 @@ class Trainer:
     # -- evaluation -------------------------------------------------------------------------
 
     def _logits(self, state: TrainState, images):
-        x = self.standardize(self.preprocess(images))
+        x = self.standardize(state.norm, self.preprocess(images))
         params = eval_params(
             state.params, state.opt_state
         )  # weight average or slow weights, if any
-        logits, _ = self.model.apply(
-            params, state.model_state, x, train=False, key=jax.random.key(0)
-        )
-        return logits
+
+        def forward(x):
+            return self.forward(params, state.model_state, x, train=False, key=jax.random.key(0))[0]
+
+        if self.options.test_time_flip:  # mean over the image and its mirror
+            return (forward(x) + forward(x[:, :, ::-1])) / 2
+        return forward(x)
 
     def logits(self, state: TrainState, images: np.ndarray) -> np.ndarray:
         """Evaluation-mode logits for uint8 images, in fixed-size batches (one compiled shape)."""
@@ -254,10 +286,16 @@ class Trainer:
         return np.asarray(jnp.concatenate(outputs))[:count]
 
 
-def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std of uint8 images, on the [0, 1] scale."""
+def channel_stats(images: np.ndarray) -> np.ndarray:
+    """(2, C): per-channel mean and std of uint8 images, on the [0, 1] scale."""
     scaled = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
-    return scaled.mean(0).astype(np.float32), np.maximum(scaled.std(0), 1e-3).astype(np.float32)
+    return np.stack([scaled.mean(0), np.maximum(scaled.std(0), 1e-3)]).astype(np.float32)
+
+
+def no_stats(images: np.ndarray) -> np.ndarray:
+    """Mean 0, std 1: inputs stay on the [0, 1] scale."""
+    channels = images.shape[-1]
+    return np.stack([np.zeros(channels), np.ones(channels)]).astype(np.float32)
 
 
 def to_device(split: Split) -> DeviceSplit:
@@ -317,7 +355,7 @@ def build_trainer(
         augment_fn,
         train,
         num_classes,
-        experiment.train.batch_size,
+        experiment.train,
         experiment.data.normalize,
     )
 

@@ -24,15 +24,18 @@ class Model:
 
     init: Callable[[jax.Array], tuple[Params, State]]
     apply: Callable[..., tuple[jax.Array, State]]
-    notes: tuple[str, ...] = field(
-        default=()
-    )  # said once to the user, e.g. "final softmax dropped"
-    module: Callable[[jax.Array], nnx.Module] | None = (
-        None  # NNX models: build the module (inspect)
-    )
+    # Said once to the user, e.g. "final softmax dropped".
+    notes: tuple[str, ...] = field(default=())
+    # NNX models: builds the module (for inspect).
+    module: Callable[[jax.Array], nnx.Module] | None = None
     # `activations(params, state, x) -> [array, ...]`: the outputs of the ReLU layers in evaluation
     # mode, for the dead-unit diagnostic; None where the model cannot tell.
     activations: Callable[..., list[jax.Array]] | None = None
+    # `data_init(params, state, x) -> params`: parameters computed from a sample of standardised
+    # training images after `init` (e.g. a whitening convolution); None when nothing needs it.
+    data_init: Callable[..., Params] | None = None
+    # `frozen(params) -> pytree of bools`: parameters the optimizer must leave as they are.
+    frozen: Callable[[Params], Any] | None = None
 
 
 def from_nnx(
