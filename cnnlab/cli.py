@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from cnnlab.errors import UserError
+from cnnlab.errors import SpecError, UserError
 
 app = typer.Typer(
     add_completion=False,
@@ -368,6 +368,49 @@ def lr_find(
     console.print(
         f"try: cnnlab train {experiment or 'digits'} --set optimizer.lr={result.suggestion:.2g}"
     )
+
+
+@app.command()
+@friendly
+def inspect(experiment: Experiment = None, set_: Overrides = None):
+    """Layer by layer: output shape, parameters and forward FLOPs per image, with totals."""
+    from cnnlab.models import describe_model, render_model_summary
+    from cnnlab.train import load_data
+
+    exp = load(experiment, set_)
+    dataset = load_data(exp)
+    try:
+        summary = describe_model(exp.model, dataset.image_shape, dataset.num_classes)
+    except SpecError as error:
+        raise exp.user_error(error.within("model")) from None
+    console.print(render_model_summary(summary))
+    say_notes(summary.notes)
+
+
+@app.command()
+@friendly
+def augment(
+    experiment: Experiment = None,
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("augment_grid.png"),
+    n: Annotated[int, typer.Option(min=1, max=64, help="Images (rows).")] = 8,
+    draws: Annotated[int, typer.Option(min=1, max=32, help="Augmented draws per image.")] = 8,
+    set_: Overrides = None,
+):
+    """Draw a grid: each row a training image, then draws of the experiment's augmentation."""
+    import numpy as np
+
+    from cnnlab.augment import build_augment, save_grid
+    from cnnlab.train import load_data
+
+    exp = load(experiment, set_)
+    dataset = load_data(exp)
+    try:
+        pipeline = build_augment(exp.augment, dataset.image_shape, dataset.num_classes)
+    except SpecError as error:
+        raise exp.user_error(error.within("augment")) from None
+    rows = np.random.default_rng(exp.train.seed).choice(len(dataset.train), n, replace=False)
+    save_grid(dataset.train.images[np.sort(rows)], pipeline, exp.train.seed, draws, out)
+    console.print(f"{n} images x {draws} draws of {len(exp.augment)} transforms: {out}")
 
 
 def main() -> None:
