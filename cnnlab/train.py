@@ -40,6 +40,7 @@ from cnnlab.errors import SpecError
 from cnnlab.models import build_model
 from cnnlab.models.base import Model
 from cnnlab.optim import build_optimizer, eval_params
+from cnnlab.plots import plot_curves
 from cnnlab.runs import (
     Checkpoints,
     MetricsWriter,
@@ -457,6 +458,7 @@ def train(
         summary = loop.run(state, to_device(prepared.train))
     finally:
         loop.close()
+    plot_curves(run_dir)
     return TrainResult(run_dir, summary)
 
 

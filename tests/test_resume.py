@@ -1,0 +1,136 @@
+"""Runs as a lab notebook: resume after kill -9, reproducibility, early stopping, damaged
+checkpoints, TensorBoard events and curves."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from conftest import TINY_EXPERIMENT, run_dirs, write
+from PIL import Image
+
+from cnnlab.config import load_experiment
+from cnnlab.runs import Checkpoints, read_metrics
+from cnnlab.train import prepare
+
+LONGER = TINY_EXPERIMENT.replace("steps: 40", "steps: 120")
+
+
+def final_params(run: Path):
+    experiment = load_experiment(run / "config.yaml")
+    checkpoints = Checkpoints(run)
+    state = checkpoints.restore("latest", prepare(experiment).trainer.init(experiment.train.seed))
+    checkpoints.close()
+    return state
+
+
+def comparable(rows: list[dict]) -> list[tuple]:
+    """Metric rows without the timing columns, which differ between runs."""
+    return [(r["step"], r["split"], r["loss"], r["accuracy"], r["lr"]) for r in rows]
+
+
+def wait_for_step(
+    run_root: Path, step: int, process: subprocess.Popen, timeout: float = 240
+) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"training ended before it could be killed: {process.stderr.read()[-2000:]}")
+        for run in run_dirs(run_root):
+            if any(row["step"] >= step for row in read_metrics(run)):
+                return run
+        time.sleep(0.05)
+    raise AssertionError(f"no metrics at step {step} within {timeout} s")
+
+
+def test_resume_after_kill_9_matches_an_uninterrupted_run_bitwise(
+    tmp_path, cli, isolated_runs, monkeypatch
+):
+    path = write(tmp_path / "longer.yaml", LONGER)
+    killed_root = tmp_path / "killed"
+    env = {**os.environ, "CNNLAB_RUNS_DIR": str(killed_root)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", "train", str(path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        run = wait_for_step(killed_root, random.Random().choice([30, 50, 70, 90]), process)
+    finally:
+        process.kill()  # SIGKILL: no handler runs, nothing is flushed on the way out
+        process.wait()
+    assert not (run / "summary.json").exists()
+
+    cli("train", "--resume", run)
+    cli("train", path)  # the same experiment and seed, uninterrupted, under isolated_runs
+    clean = run_dirs(isolated_runs)[0]
+
+    resumed_rows, clean_rows = read_metrics(run), read_metrics(clean)
+    assert [r["step"] for r in resumed_rows if r["split"] == "train"] == list(range(10, 121, 10))
+    assert [r["step"] for r in resumed_rows if r["split"] == "val"] == list(range(20, 121, 20))
+    assert comparable(resumed_rows) == comparable(clean_rows)
+    resumed, uninterrupted = final_params(run), final_params(clean)
+    assert int(resumed.step) == int(uninterrupted.step) == 120
+    for a, b in zip(
+        jax.tree.leaves(resumed.params), jax.tree.leaves(uninterrupted.params), strict=True
+    ):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+def test_two_runs_with_one_seed_are_identical(tiny_experiment, cli, isolated_runs):
+    cli("train", tiny_experiment)
+    cli("train", tiny_experiment)
+    first, second = run_dirs(isolated_runs)
+    assert comparable(read_metrics(first)) == comparable(read_metrics(second))
+
+
+def test_early_stopping_on_a_plateau_keeps_the_best_checkpoint(tiny_experiment, cli, isolated_runs):
+    plateau = "train.early_stop={patience_evals: 1, min_delta: 0.5}"
+    cli("train", tiny_experiment, "--set", plateau, "--set", "train.eval_every_steps=10")
+    run = run_dirs(isolated_runs)[0]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "early_stopped" and summary["steps"] == 20
+    assert Checkpoints(run).step("best") == summary["best"]["step"]
+
+
+def test_damaged_checkpoint_is_a_clean_error(tiny_experiment, cli, isolated_runs):
+    cli("train", tiny_experiment)
+    run = run_dirs(isolated_runs)[0]
+    for file in (run / "checkpoints" / "latest").rglob("*"):
+        if file.is_file() and file.stat().st_size > 0 and "METADATA" not in file.name:
+            file.write_bytes(b"\0" * file.stat().st_size)
+    result = cli("eval", run, "--checkpoint", "latest", expect=2)
+    assert (
+        "cannot be read" in result.stderr and "damaged or from another experiment" in result.stderr
+    )
+
+
+def test_resuming_with_another_experiment_is_a_clean_error(tiny_experiment, cli, isolated_runs):
+    cli("train", tiny_experiment, "--set", "train.steps=20")
+    run = run_dirs(isolated_runs)[0]
+    config = (run / "config.yaml").read_text().replace("family: cnn", "family: mlp")
+    (run / "config.yaml").write_text(config)
+    result = cli("train", "--resume", run, expect=2)
+    assert "damaged or from another experiment" in result.stderr
+
+
+def test_runs_write_tensorboard_events_and_curves(tiny_experiment, cli, isolated_runs):
+    cli("train", tiny_experiment)
+    run = run_dirs(isolated_runs)[0]
+    events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert (
+        events
+        and b"loss/train" in events[0].read_bytes()
+        and b"accuracy/val" in events[0].read_bytes()
+    )
+    with Image.open(run / "curves.png") as picture:
+        assert picture.size[0] > 300
