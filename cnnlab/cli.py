@@ -117,7 +117,9 @@ def train(
         console.print(f"continue with: cnnlab train --resume {result.run_dir}")
     console.print(f"run folder: {result.run_dir}")
     if result.failed:
-        errors.print(f"[red]diverged:[/] {result.summary['failure']}", highlight=False, soft_wrap=True)
+        errors.print(
+            f"[red]diverged:[/] {result.summary['failure']}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(1)
 
 
@@ -160,10 +162,14 @@ def sweep(
     new: Annotated[
         bool, typer.Option("--new", help="Start a new sweep folder, even if one is unfinished.")
     ] = False,
+    parallel: Annotated[
+        int, typer.Option(min=1, help="Train up to N compatible trials together in one program.")
+    ] = 1,
 ):
     """Train an experiment over a grid or random draws of settings and seeds; rank the settings."""
     from pathlib import Path
 
+    from cnnlab.parallel import parallel_trainer
     from cnnlab.sweep import best_command, console_progress, load_sweep, run_sweep, sweep_table
 
     spec = load_sweep(sweep_file)
@@ -173,6 +179,7 @@ def sweep(
         new=new,
         progress=console_progress(console, spec),
         log=console.print,
+        **({"trainer": parallel_trainer(parallel, console.print)} if parallel > 1 else {}),
     )
     console.print(sweep_table(result))
     command = best_command(result)

@@ -517,6 +517,8 @@ def check_buildable(sweep: Sweep) -> None:
 # Running: the sweep folder, trials to train, the trainer
 
 
+# Run statuses that end a trial for good (an interrupted one trains again on resume).
+FINISHED = {"completed", "early_stopped", "diverged"}
 Progress = Callable[[Trial], contextlib.AbstractContextManager]
 # Trains the given (trial, run folder) pairs, leaving a finished run in each folder; a future
 # trainer may train a group of compatible trials together.
@@ -541,13 +543,13 @@ def train_in_turn(jobs: Sequence[tuple[Trial, Path]], progress: Progress | None 
     """The default trainer: one trial after another. A run stopped by Ctrl-C stops the sweep."""
     for trial, run_dir in jobs:
         summary = train_trial(trial, run_dir, progress)
-        if summary.get("status") != "completed":
+        if summary.get("status") == "interrupted":
             raise KeyboardInterrupt
 
 
 def trial_finished(trial: Trial, run_dir: Path) -> bool:
     """Whether `run_dir` holds a completed run of exactly this trial's experiment."""
-    if read_json(run_dir / "summary.json").get("status") != "completed":
+    if read_json(run_dir / "summary.json").get("status") not in FINISHED:
         return False
     trained = yaml.safe_load((run_dir / "config.yaml").read_text())
     if trained != yaml.safe_load(yaml.safe_dump(trial.experiment.raw)):
@@ -640,7 +642,7 @@ def run_sweep(
     except KeyboardInterrupt:
         result = collect_results(sweep, folder, pending)
         write_results(result)
-        finished = sum(r.status == "completed" for r in result.trials)
+        finished = sum(r.status in FINISHED for r in result.trials)
         log(
             f"stopped with {finished} of {len(jobs)} trials finished; run the same command "
             f"again to continue in {folder}"
@@ -690,7 +692,7 @@ class SweepResult:
 
     @property
     def complete(self) -> bool:
-        return all(r.status == "completed" for r in self.trials)
+        return all(r.status in FINISHED for r in self.trials)
 
     @property
     def best(self) -> SettingResult | None:
@@ -714,7 +716,11 @@ def collect_results(
         run_dir = trial_dir(folder, trial)
         summary = read_json(run_dir / "summary.json")
         status = summary.get("status", "interrupted" if run_dir.exists() else "missing")
-        score = metric_value(summary, sweep.metric) if status == "completed" else None
+        score = (
+            metric_value(summary, sweep.metric)
+            if status in ("completed", "early_stopped")
+            else None
+        )
         trials.append(TrialResult(trial, run_dir, status, summary, score))
     settings = [
         SettingResult(

@@ -195,7 +195,7 @@ class Trainer:
         accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
         return loss, accuracy, grads, model_state, order, x
 
-    def _step(self, state: TrainState, data: DeviceSplit) -> tuple[TrainState, dict]:
+    def train_step(self, state: TrainState, data: DeviceSplit) -> tuple[TrainState, dict]:
         loss, accuracy, grads, model_state, order, _ = self._gradients(state, data)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
@@ -250,7 +250,7 @@ class Trainer:
                 # XLA:CPU runs a rolled scan around convolutions ~17x slower; unrolled it is fastest.
                 unroll = count if on_cpu() else 1
                 return jax.lax.scan(
-                    lambda s, _: self._step(s, data), state, None, length=count, unroll=unroll
+                    lambda s, _: self.train_step(s, data), state, None, length=count, unroll=unroll
                 )
 
             jitted = jax.jit(run, donate_argnums=0, compiler_options=train_compiler_options())
@@ -481,6 +481,7 @@ class TrainLoop:
         self.plateau = 0  # evaluations since validation accuracy last improved by min_delta
         self.first_step = 0
         self.metrics: MetricsWriter | None = None
+        self.diagnostics = True  # per-layer statistics at each log (one extra gradient pass)
 
     def resume(self, like: TrainState) -> TrainState:
         """The latest checkpoint, with metrics after it dropped and the watchers replayed."""
@@ -501,7 +502,7 @@ class TrainLoop:
 
     def run(self, state: TrainState, data: DeviceSplit) -> dict:
         cfg, trainer = self.cfg, self.trainer
-        self.metrics = MetricsWriter(self.run_dir, purge_after=self.first_step)
+        self.start()
         step = int(state.step)
         started = time.perf_counter()
         if step < cfg.steps:
@@ -540,6 +541,9 @@ class TrainLoop:
                     break
         return self.summarise(step, status, clock.total(), compile_seconds)
 
+    def start(self) -> None:
+        self.metrics = MetricsWriter(self.run_dir, purge_after=self.first_step)
+
     def log_train(
         self, step, state, data, values: list[dict], images_per_sec: float, wall: float
     ) -> None:
@@ -555,7 +559,8 @@ class TrainLoop:
         }
         self.metrics.write(step=step, split="train", wall_time=round(wall, 3), **self.last_train)
         self.warn(self.gradients.check(step, float(series["grad_norm"].max())))
-        self.metrics.write_diagnostics(step, self.trainer.diagnose(state, data))
+        if self.diagnostics:
+            self.metrics.write_diagnostics(step, self.trainer.diagnose(state, data))
 
     def fail(self, step: int, state: TrainState, data: DeviceSplit) -> None:
         """A non-finite loss or gradient at `step`: name the first layer at fault, keep the last

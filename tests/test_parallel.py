@@ -1,0 +1,73 @@
+"""Trials stacked in one vmapped program match the same trials trained alone."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+from conftest import TINY_EXPERIMENT, write
+
+from cnnlab.config import load_experiment
+from cnnlab.parallel import differences, group_trials, train_stacked
+from cnnlab.runs import Checkpoints, read_metrics
+from cnnlab.train import prepare, train
+
+SHORT = TINY_EXPERIMENT.replace("steps: 40", "steps: 20")
+
+
+def latest_params(run):
+    experiment = load_experiment(run / "config.yaml")
+    checkpoints = Checkpoints(run)
+    state = checkpoints.restore("latest", prepare(experiment).trainer.init(experiment.train.seed))
+    checkpoints.close()
+    return jax.tree.leaves(state.params)
+
+
+def test_stacked_trials_match_trials_trained_alone(tmp_path):
+    path = write(tmp_path / "short.yaml", SHORT + "augment: [{noise: {std: 0.05}}]\n")
+    settings = [("0.003", "0", "0.05"), ("0.01", "1", "0.1")]
+    experiments = [
+        load_experiment(
+            path,
+            [f"optimizer.lr={lr}", f"train.seed={seed}", f"augment=[{{noise: {{std: {std}}}}}]"],
+        )
+        for lr, seed, std in settings
+    ]
+    stacked = [tmp_path / f"stacked{i}" for i in range(2)]
+    summaries = train_stacked(experiments, stacked, log=lambda message: None)
+    assert [s["status"] for s in summaries] == ["completed", "completed"]
+    for index, experiment in enumerate(experiments):
+        alone = train(experiment, run_dir=tmp_path / f"alone{index}").run_dir
+        together, single = read_metrics(stacked[index]), read_metrics(alone)
+        assert [(r["step"], r["split"]) for r in together] == [
+            (r["step"], r["split"]) for r in single
+        ]
+        np.testing.assert_allclose(
+            [r["loss"] for r in together], [r["loss"] for r in single], rtol=1e-5
+        )
+        for a, b in zip(latest_params(stacked[index]), latest_params(alone), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_trials_that_change_the_program_are_not_stacked(tmp_path):
+    path = write(tmp_path / "short.yaml", SHORT)
+    same = [load_experiment(path, [f"optimizer.lr={lr}"]) for lr in (0.1, 0.2, 0.3)]
+    other = load_experiment(path, ["model={family: mlp, preset: tiny}"])
+    assert differences(same)[1] is None
+    assert "model.family" in differences([same[0], other])[1]
+    groups, reasons = group_trials([*same, other], limit=2)
+    assert groups == [[0, 1], [2], [3]]
+    assert any("model.family" in reason for reason in reasons)
+
+
+def test_sweep_with_parallel_trains_trials_together(tmp_path, cli):
+    write(tmp_path / "short.yaml", SHORT)
+    sweep = write(
+        tmp_path / "lr.yaml", "base: short.yaml\ngrid:\n  optimizer.lr: [0.003, 0.01]\nseeds: [0]\n"
+    )
+    result = cli("sweep", sweep, "--parallel", "2")
+    assert "training 2 trials together" in result.stdout
+    folder = next((tmp_path / "runs").glob("*sweep*"))
+    statuses = [json.loads(p.read_text())["status"] for p in folder.rglob("summary.json")]
+    assert statuses == ["completed", "completed"]
