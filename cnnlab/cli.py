@@ -167,8 +167,6 @@ def sweep(
     ] = 1,
 ):
     """Train an experiment over a grid or random draws of settings and seeds; rank the settings."""
-    from pathlib import Path
-
     from cnnlab.parallel import parallel_trainer
     from cnnlab.sweep import best_command, console_progress, load_sweep, run_sweep, sweep_table
 
@@ -231,8 +229,6 @@ def compare(
     """Compare runs: the config keys that differ, their results, and their curves overlaid.
 
     The PNG (--out, default ./compare.png) draws loss and accuracy against step, one colour per run, training solid and validation dashed."""
-    from pathlib import Path
-
     from cnnlab.history import compare_table, print_table, resolve_runs
 
     run_dirs = resolve_runs(runs_)
@@ -266,8 +262,6 @@ def predict(
     """Classify PNG or JPEG files with a trained run: the top-k classes and probabilities.
 
     Images of any size are converted to the run's channels (greyscale or RGB) and resized (stretched, not cropped) to its input size."""
-    from pathlib import Path
-
     from cnnlab.predict import predict_files, predictions_table
     from cnnlab.runs import find_run
 
