@@ -239,8 +239,10 @@ def group_trials(
                     group.append(index)
                     break
         else:
-            if groups and limit > 1:
-                _, reason = differences([experiments[groups[0][0]], experiment])
+            _, reason = (
+                differences([experiments[groups[0][0]], experiment]) if groups else (None, None)
+            )
+            if reason:
                 reasons.append(f"{experiment.name} #{index + 1} runs in another group: {reason}")
             groups.append([index])
     return groups, reasons
