@@ -25,5 +25,11 @@ lint: install
 	$(VENV)/bin/ruff check cnnlab tests benchmarks
 	$(VENV)/bin/ruff format --check cnnlab tests benchmarks
 
+bench: install
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/bench_train.py --append benchmarks/RESULTS.md
+	$(PY) benchmarks/bench_augment.py
+	$(PY) benchmarks/bench_parallel.py
+
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -8,6 +8,7 @@ so any validation error points at `file:line` and the dotted key.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,9 @@ class TreeList(list):
         self.where: list[str] = []
 
 
+_FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)$")
+
+
 def _loader_for(path: Path) -> type[yaml.SafeLoader]:
     class Loader(yaml.SafeLoader):
         pass
@@ -70,6 +74,8 @@ def _loader_for(path: Path) -> type[yaml.SafeLoader]:
         items.where = [f"{path}:{child.start_mark.line + 1}" for child in node.value]
         return items
 
+    # YAML 1.1 reads 3e-4 (no dot) as a string; people mean a number.
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, sequence)
     return Loader

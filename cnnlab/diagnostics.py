@@ -63,7 +63,7 @@ def dead_fraction(activations: jax.Array) -> jax.Array:
 
 def first_nonfinite(stats: dict) -> str | None:
     for name, values in stats.items():
-        if not bool(values["finite"]):
+        if "finite" in values and not bool(values["finite"]):
             return name
     return None
 

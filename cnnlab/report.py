@@ -109,7 +109,7 @@ def evaluation_tables(evaluation) -> Group:
             f"[bold]{c}[/]" if j == index else (str(c) if c else "[dim]0[/]")
             for j, c in enumerate(counts)
         ]
-        confusion.add_row(f"{index} {name}", *cells)
+        confusion.add_row(name if name == str(index) else f"{index} {name}", *cells)
     return Group(head, per_class, confusion)
 
 

@@ -458,7 +458,8 @@ def train(
         summary = loop.run(state, to_device(prepared.train))
     finally:
         loop.close()
-    plot_curves(run_dir)
+    if read_metrics(run_dir):
+        plot_curves(run_dir)
     return TrainResult(run_dir, summary)
 
 
