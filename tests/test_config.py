@@ -18,7 +18,7 @@ def test_fragments_base_and_overrides_compose(tmp_path):
         tmp_path / "child.yaml",
         "base: base.yaml\nname: child\nmodel: mine\noptimizer: fast\ntrain: {steps: 80}\n",
     )
-    experiment = load_experiment(child, ["optimizer.lr=0.2", "train.seed=3"])
+    experiment = load_experiment(child, ["optimizer.lr=2e-1", "train.seed=3"])  # 2e-1: a number
     assert experiment.name == "child"
     assert experiment.train.steps == 80  # deep-merged over the base
     assert experiment.train.batch_size == 32  # kept from the base

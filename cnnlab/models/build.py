@@ -1,9 +1,17 @@
-"""Layer lists -> NNX networks with their shapes checked, and per-layer summaries."""
+"""Layer lists -> NNX networks with their shapes checked, and per-layer summaries.
+
+Layers with `trainable: false` are frozen: the model's `frozen(params)` marks their parameters
+for the trainer, which zeroes their updates, and `apply` stops their gradients. A conv with a
+data-computed `init` (whiten) gets its kernel from the model's `data_init(params, state, x)`,
+which runs the layers before it on a sample of training images.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import jax
 from flax import nnx
@@ -11,6 +19,7 @@ from flax import nnx
 from cnnlab.errors import SpecError
 from cnnlab.models.base import Model, from_nnx
 from cnnlab.models.custom import _guarded, build_python_model, python_cost
+from cnnlab.models.initializers import DATA_INITIALIZERS
 from cnnlab.models.layers import (
     LAYERS,
     Activation,
@@ -34,13 +43,19 @@ class LayerNet(nnx.Module):
 
     def __call__(self, x, *, rngs: nnx.Rngs | None = None, taps: list | None = None):
         """`taps`, when given, collects the output of every relu (the dead-unit diagnostic)."""
-        for layer, random in zip(self.layers, self.random, strict=True):
-            if isinstance(layer, Residual):
-                x = layer(x, rngs=rngs, taps=taps)
-            else:
-                x = layer(x, rngs=rngs) if random else layer(x)
-            if taps is not None and isinstance(layer, Activation) and layer.name == "relu":
-                taps.append(x)
+        for index in range(len(self.layers)):
+            x = self.call_layer(index, x, rngs=rngs, taps=taps)
+        return x
+
+    def call_layer(self, index: int, x, *, rngs: nnx.Rngs | None = None, taps: list | None = None):
+        """Layer `index` alone, as the whole network would call it."""
+        layer = self.layers[index]
+        if isinstance(layer, Residual):
+            x = layer(x, rngs=rngs, taps=taps)
+        else:
+            x = layer(x, rngs=rngs) if self.random[index] else layer(x)
+        if taps is not None and isinstance(layer, Activation) and layer.name == "relu":
+            taps.append(x)
         return x
 
 
@@ -56,6 +71,7 @@ class LayerRow:
     params: int
     flops: int  # forward, per image
     depth: int = 0
+    trainable: bool = True  # false: `trainable: false`, its parameters are frozen
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,11 @@ class ModelSummary:
     @property
     def total_flops(self) -> int:
         return sum(row.flops for row in self.rows)
+
+    @property
+    def frozen_params(self) -> int:
+        """Parameters of layers with `trainable: false` (included in `total_params`)."""
+        return sum(row.params for row in self.rows if not row.trainable)
 
 
 def count_params(module: nnx.Module | None) -> int:
@@ -111,21 +132,58 @@ def assemble(
             out = _shape_checked(layer, name, shape, kind.output_shape, layer.args, shape, ctx)
             module = kind.make(layer.args, shape, ctx)
             flops = kind.flops(layer.args, shape, out)
+            params = count_params(module)
+            trainable = _trainable(layer, name, depth, params)
+            detail = kind.label(layer.args) + ("" if trainable else " (frozen)")
             rows.append(
-                LayerRow(
-                    name,
-                    layer.kind,
-                    kind.label(layer.args),
-                    out,
-                    count_params(module),
-                    flops,
-                    depth,
-                )
+                LayerRow(name, layer.kind, detail.strip(), out, params, flops, depth, trainable)
             )
             random.append(kind.random)
         modules.append(module)
         shape = out
     return LayerNet(modules, tuple(random)), rows, shape
+
+
+def _trainable(layer: LayerSpec, name: str, depth: int, params: int) -> bool:
+    """Whether the layer's parameters train; SpecError where its options cannot apply."""
+    where = f"layer {name} ({layer.kind})"
+    if depth and _data_init_name(layer):
+        raise SpecError(
+            layer.loc,
+            f"{where}: init {_data_init_name(layer)} is computed from data and works on "
+            "top-level layers only, not inside a residual block",
+        )
+    trainable = getattr(layer.args, "trainable", True)
+    if not trainable and not params:
+        raise SpecError(layer.loc, f"{where} has no parameters to freeze")
+    return trainable
+
+
+def _data_init_name(layer: LayerSpec) -> str | None:
+    init = getattr(layer.args, "init", None)
+    return init if init in DATA_INITIALIZERS else None
+
+
+def _param_prefix(row_name: str) -> tuple:
+    """Where a layer's parameters sit in the params tree: '4.1' -> layers/4/body/layers/1."""
+    prefix: tuple = ()
+    for index, position in enumerate(row_name.split(".")):
+        prefix += (("body",) if index else ()) + ("layers", int(position))
+    return prefix
+
+
+def _path_keys(path: Sequence) -> tuple:
+    return tuple(getattr(part, "key", getattr(part, "name", None)) for part in path)
+
+
+def frozen_mask(params: Any, prefixes: Sequence[tuple]) -> Any:
+    """True for the parameters under any of `prefixes` (tuples of keys), False elsewhere."""
+
+    def frozen(path, _):
+        keys = _path_keys(path)
+        return any(keys[: len(prefix)] == prefix for prefix in prefixes)
+
+    return jax.tree_util.tree_map_with_path(frozen, params)
 
 
 def network(spec: LayerListSpec, input_shape: Shape, num_classes: int, rngs: nnx.Rngs):
@@ -174,7 +232,13 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, int, int], num_classes:
         return network(layer_list, input_shape, num_classes, rngs)[0]
 
     model = from_nnx(make, layer_list.notes, rngs_at_call=True)
-    module = nnx.eval_shape(lambda: make(nnx.Rngs(0)))
+    found: dict = {}
+
+    def make_with_rows() -> nnx.Module:
+        net, found["rows"] = network(layer_list, input_shape, num_classes, nnx.Rngs(0))
+        return net
+
+    module = nnx.eval_shape(make_with_rows)
     module.eval()
     eval_def, _, _ = nnx.split(module, nnx.Param, ...)
 
@@ -183,7 +247,49 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, int, int], num_classes:
         nnx.merge(eval_def, params, state, copy=True)(x, taps=taps)
         return taps
 
-    return replace(model, activations=activations)
+    model = replace(model, activations=activations)
+    model = _with_data_init(model, layer_list, eval_def)
+    frozen = [_param_prefix(row.name) for row in found["rows"] if not row.trainable]
+    return _with_frozen(model, frozen) if frozen else model
+
+
+def _with_data_init(model: Model, spec: LayerListSpec, eval_def) -> Model:
+    """Adds `data_init` when some top-level layer's kernel is computed from data."""
+    computed = {
+        index: _data_init_name(layer)
+        for index, layer in enumerate(spec.layers)
+        if _data_init_name(layer)
+    }
+    if not computed:
+        return model
+
+    def data_init(params, state, x):
+        net = nnx.merge(eval_def, params, state, copy=True)
+        for index in range(max(computed) + 1):
+            if index in computed:
+                kernel = net.layers[index].kernel
+                values = DATA_INITIALIZERS[computed[index]](x, kernel.value.shape)
+                kernel.value = values.astype(kernel.value.dtype)
+            x = net.call_layer(index, x)
+        return nnx.split(net, nnx.Param, ...)[1]
+
+    return replace(model, data_init=data_init)
+
+
+def _with_frozen(model: Model, prefixes: list[tuple]) -> Model:
+    """Adds `frozen`, and stops the gradients of the frozen parameters in `apply` (so that
+    momentum and weight averages see exact zeros)."""
+
+    def frozen(params):
+        return frozen_mask(params, prefixes)
+
+    def apply(params, state, x, *, train: bool, key=None):
+        params = jax.tree.map(
+            lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen(params)
+        )
+        return model.apply(params, state, x, train=train, key=key)
+
+    return replace(model, apply=apply, frozen=frozen)
 
 
 def _title(spec: ModelSpec) -> str:
@@ -252,8 +358,10 @@ def render_model_summary(summary: ModelSummary):
             f"{row.params:,}",
             _si(row.flops),
         )
+    lines = list(summary.notes)
+    if summary.frozen_params:
+        lines.append(f"of the parameters, {summary.frozen_params:,} are frozen (trainable: false)")
     if summary.state_size:
-        table.caption = "\n".join(
-            [*summary.notes, f"plus {summary.state_size:,} non-trainable values (batch statistics)"]
-        )
+        lines.append(f"plus {summary.state_size:,} non-trainable values (batch statistics)")
+    table.caption = "\n".join(lines) or None
     return table

@@ -8,6 +8,9 @@ Each kind knows three things about itself, so that parsing, shape checking, buil
   - `make(args, shape, ctx)`: its NNX module, and `flops(args, shape, out)`: forward FLOPs per
     image, a multiply-add counted as 2. Conv and dense are exact; elementwise layers, pools and
     norms count about one FLOP per element per operation.
+
+Every layer that takes arguments also takes `trainable: false`, which freezes its parameters
+(the optimizer leaves them as they are; see build.py).
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ from flax import nnx
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
 
 from cnnlab.errors import suggest
-from cnnlab.models.initializers import CONV_ONLY, INITIALIZERS, get_initializer
+from cnnlab.models.initializers import (
+    CONV_ONLY,
+    DATA_INITIALIZERS,
+    INITIALIZERS,
+    get_initializer,
+)
 from cnnlab.registry import Registry
 
 Shape = tuple[int, ...]  # per image, without the batch axis: (H, W, C) or (features,)
@@ -53,6 +61,7 @@ class BuildContext:
 
 class Args(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    trainable: bool = True  # false: the optimizer leaves this layer's parameters as they are
 
 
 def _pair(value):
@@ -62,8 +71,9 @@ def _pair(value):
 
 
 def _init_name(value: str | None) -> str | None:
-    if value is not None and value not in INITIALIZERS:
-        raise ValueError(f"unknown initialiser '{value}'; {suggest(value, INITIALIZERS)}")
+    valid = [*INITIALIZERS, *DATA_INITIALIZERS]
+    if value is not None and value not in valid:
+        raise ValueError(f"unknown initialiser '{value}'; {suggest(value, valid)}")
     return value
 
 
@@ -142,7 +152,20 @@ def _kernel_init(name: str | None, ctx: BuildContext, conv: bool):
     chosen = name or ctx.init
     if chosen in CONV_ONLY and not conv:
         chosen = "lecun_normal"  # a model-wide conv-only init leaves dense layers at the default
+    if chosen in DATA_INITIALIZERS:
+        chosen = "zeros"  # until the model's data_init computes it
     return get_initializer(chosen)
+
+
+def _check_whitening(args: ConvArgs, shape: Shape) -> None:
+    (kh, kw), channels = args.kernel, shape[-1]
+    directions = kh * kw * channels
+    if args.groups != 1 or args.features % 2 or args.features > 2 * directions:
+        raise ShapeMismatch(
+            f"init: {args.init} gives each of at most {directions} patch directions "
+            f"({kh}x{kw}x{channels}) as a +/- pair: features must be even and at most "
+            f"{2 * directions}, with groups 1"
+        )
 
 
 @layer("conv")
@@ -166,6 +189,8 @@ class Conv(LayerKind):
                 f"kernel {kh}x{kw} is larger than its {_hw(shape)} input with padding "
                 f"{args.padding}; use padding: same or a smaller kernel"
             )
+        if args.init in DATA_INITIALIZERS:
+            _check_whitening(args, shape)
         return (out_h, out_w, args.features)
 
     def make(self, args, shape, ctx):
@@ -190,7 +215,8 @@ class Conv(LayerKind):
     def label(self, args):
         (kh, kw), (sh, sw) = args.kernel, args.stride
         stride = f" stride {sh}" if sh == sw else f" stride {sh}x{sw}"
-        return f"{kh}x{kw}{stride if (sh, sw) != (1, 1) else ''}, {args.features}"
+        computed = f", {args.init}" if args.init in DATA_INITIALIZERS else ""
+        return f"{kh}x{kw}{stride if (sh, sw) != (1, 1) else ''}, {args.features}{computed}"
 
 
 class DenseArgs(Args):
@@ -379,6 +405,8 @@ class Reshape(nnx.Module):
     def __call__(self, x):
         if self.how == "flatten":
             return x.reshape(x.shape[0], -1)
+        if self.how == "global_max_pool":
+            return x.max(axis=(1, 2))
         return x.mean(axis=(1, 2))
 
 
@@ -405,6 +433,45 @@ class GlobalAvgPool(LayerKind):
 
     def flops(self, args, shape, out):
         return math.prod(shape)
+
+
+@layer("global_max_pool")
+class GlobalMaxPool(LayerKind):
+    def output_shape(self, args, shape, ctx):
+        _needs_image("global_max_pool", shape)
+        return (shape[-1],)
+
+    def make(self, args, shape, ctx):
+        return Reshape("global_max_pool")
+
+    def flops(self, args, shape, out):
+        return math.prod(shape)
+
+
+class Multiply(nnx.Module):
+    def __init__(self, factor: float):
+        self.factor = factor
+
+    def __call__(self, x):
+        return x * self.factor
+
+
+class ScaleArgs(Args):
+    factor: float
+
+
+@layer("scale")
+class Scale(LayerKind):
+    """Multiplies by a constant, e.g. logits by 1/9 (a fixed temperature)."""
+
+    Args = ScaleArgs
+    short = "factor"
+
+    def make(self, args, shape, ctx):
+        return Multiply(args.factor)
+
+    def label(self, args):
+        return f"x {args.factor:g}"
 
 
 class DropoutArgs(Args):
@@ -466,6 +533,8 @@ class BatchNormArgs(Args):
     # running = momentum * running + (1 - momentum) * batch (PyTorch's momentum=0.1 is 0.9 here)
     momentum: float = Field(0.9, ge=0, lt=1)
     epsilon: float = Field(1e-5, gt=0)
+    scale: bool = True  # a learned per-channel scale (false: fixed at 1)
+    bias: bool = True  # a learned per-channel shift (false: fixed at 0)
 
 
 @layer("batch_norm")
@@ -473,7 +542,18 @@ class BatchNorm(LayerKind):
     Args = BatchNormArgs
 
     def make(self, args, shape, ctx):
-        return nnx.BatchNorm(shape[-1], momentum=args.momentum, epsilon=args.epsilon, rngs=ctx.rngs)
+        return nnx.BatchNorm(
+            shape[-1],
+            momentum=args.momentum,
+            epsilon=args.epsilon,
+            use_scale=args.scale,
+            use_bias=args.bias,
+            rngs=ctx.rngs,
+        )
+
+    def label(self, args):
+        fixed = [name for name in ("scale", "bias") if not getattr(args, name)]
+        return f"no {' or '.join(fixed)}" if fixed else ""
 
     def flops(self, args, shape, out):
         return 2 * math.prod(out)  # evaluation: a scale and a shift per element
