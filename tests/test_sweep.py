@@ -239,7 +239,7 @@ def test_interrupted_sweep_resumes_only_missing_trials(
         assert image.format == "PNG" and image.size[0] > 100
 
 
-@pytest.mark.parametrize(("name", "trials"), [("lr", 12), ("fashion_mnist_lr", 8)])
+@pytest.mark.parametrize(("name", "trials"), [("lr", 18), ("fashion_mnist_lr", 8)])
 def test_shipped_sweeps_are_valid(name, trials):
     sweep = load_sweep(name)
     assert len(sweep.trials) == trials and sweep.params[0].key == "optimizer.lr"

@@ -1,0 +1,283 @@
+"""The speed recipe's pieces: a frozen whitening conv computed from data, `trainable: false` on
+any layer, global max pool, a constant scale, batch norm without scale, and the experiment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import yaml
+
+from cnnlab.config import load_experiment
+from cnnlab.data.dataset import Split
+from cnnlab.errors import SpecError
+from cnnlab.models import INITIALIZERS, build_model, describe_model, parse_model_spec
+from cnnlab.models.initializers import image_patches
+from cnnlab.optim import eval_params
+from cnnlab.train import build_trainer, load_data, to_device
+
+REPO = Path(__file__).resolve().parent.parent
+KEY = jax.random.key(0)
+
+WHITEN = {
+    "conv": {
+        "features": 8,
+        "kernel": 2,
+        "padding": "valid",
+        "bias": False,
+        "init": "whiten",
+        "trainable": False,
+    }
+}
+# A small airbench-shaped net for 8x8 digits: 2x2 patches of 1 channel give 4 directions, 8 filters.
+SMALL_NET = {
+    "init": "dirac_lecun",
+    "layers": [
+        WHITEN,
+        "gelu",
+        {"conv": {"features": 16, "bias": False}},
+        {"max_pool": 2},
+        {"batch_norm": {"momentum": 0.4, "scale": False}},
+        "gelu",
+        "global_max_pool",
+        {"dense": {"bias": False}},
+        {"scale": 0.5},
+    ],
+}
+
+
+def digits_experiment(tmp_path: Path) -> Path:
+    experiment = {
+        "name": "whiten_digits",
+        "data": {"source": "digits", "val_fraction": 0.1},
+        "model": SMALL_NET,
+        "augment": [{"hflip": {"p": 0.5}}],
+        "optimizer": {
+            "name": "sgd",
+            "lr": 0.2,
+            "args": {"momentum": 0.85, "nesterov": True},
+            "schedule": {"name": "linear", "warmup_steps": 2, "final_scale": 0.1},
+            "lookahead": {"sync_period": 2, "slow_step_size": 0.5},
+        },
+        "train": {
+            "steps": 4,
+            "batch_size": 64,
+            "steps_per_call": 4,
+            "log_every_steps": 4,
+            "eval_every_steps": 4,
+            "label_smoothing": 0.2,
+            "test_time_flip": True,
+        },
+    }
+    path = tmp_path / "whiten_digits.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A trainer on digits, its state after init, and its state after four training steps."""
+    experiment = load_experiment(digits_experiment(tmp_path_factory.mktemp("speedrun")))
+    dataset = load_data(experiment)
+    trainer = build_trainer(experiment, dataset.train, dataset.num_classes)
+    start = trainer.init(0)
+    before = jax.device_get(start)  # the program donates `start`
+    data = to_device(dataset.train)
+    after, _ = trainer.program(4, start, data)(start, data)
+    return trainer, before, jax.device_get(after)
+
+
+def whiten_kernel(params) -> np.ndarray:
+    return np.asarray(params["layers"][0]["kernel"][...])
+
+
+def test_the_whitening_kernel_is_computed_from_data_and_stays_frozen(trained):
+    _, before, after = trained
+    kernel = whiten_kernel(before.params)
+    assert np.abs(kernel).max() > 0.1  # computed by data_init, not the zeros it starts from
+    np.testing.assert_array_equal(whiten_kernel(after.params), kernel)
+    # the weights evaluated (the slow lookahead weights) keep it too
+    np.testing.assert_array_equal(whiten_kernel(eval_params(after.params, after.opt_state)), kernel)
+    for index in (2, 7):  # the conv and the dense layer did train
+        assert not np.allclose(
+            after.params["layers"][index]["kernel"][...],
+            before.params["layers"][index]["kernel"][...],
+        )
+    assert int(after.step) == 4
+
+
+def test_the_whitening_conv_decorrelates_the_sample_to_unit_variance(trained):
+    trainer, before, _ = trained
+    x = trainer.standardize(before.norm, trainer.preprocess(trainer.sample))
+    kernel = whiten_kernel(before.params)
+    responses = jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    responses = np.asarray(responses).reshape(-1, 8)
+    positive, negative = responses[:, :4], responses[:, 4:]
+    np.testing.assert_allclose(negative, -positive, atol=1e-5)
+    np.testing.assert_allclose(np.cov(positive, rowvar=False), np.eye(4), atol=0.02)
+    # the 2x2 patches themselves are far from white: neighbouring pixels correlate
+    patches = np.asarray(image_patches(x, (2, 2)))
+    assert np.abs(np.cov(patches, rowvar=False) - np.eye(4)).max() > 0.3
+
+
+def frozen_leaves(model, params) -> list[tuple[str, bool]]:
+    mask = model.frozen(params)
+    return [
+        ("/".join(str(getattr(k, "key", "")) for k in path[:-1]), flag)
+        for path, flag in jax.tree_util.tree_leaves_with_path(mask)
+    ]
+
+
+def test_trainable_false_freezes_any_layer_with_parameters():
+    layers = [
+        {"conv": {"features": 4, "trainable": False}},
+        {"batch_norm": {"trainable": False}},
+        {"residual": [{"conv": {"features": 4, "trainable": False}}, "relu"]},
+        {"group_norm": {"groups": 2, "trainable": False}},
+        {"conv": 4},
+        "global_avg_pool",
+        "dense",
+    ]
+    model = build_model(parse_model_spec({"layers": layers}), (6, 6, 3), 5)
+    params, state = model.init(KEY)
+    leaves = frozen_leaves(model, params)
+    frozen = ("layers/0/", "layers/1/", "layers/2/body/layers/0/", "layers/3/")
+    assert [flag for _, flag in leaves] == [name.startswith(frozen) for name, _ in leaves]
+    assert sum(flag for _, flag in leaves) == 8  # kernel + bias, scale + bias of four layers
+    x = jax.random.normal(KEY, (4, 6, 6, 3))
+
+    def loss(params):
+        logits, _ = model.apply(params, state, x, train=True, key=KEY)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(4)).mean()
+
+    grads = jax.grad(loss)(params)
+    for (name, flag), grad in zip(leaves, jax.tree.leaves(grads), strict=True):
+        assert (np.abs(grad).max() == 0) == flag, name
+
+
+def test_a_dense_layer_can_be_frozen_and_trainable_layers_have_no_mask():
+    frozen = build_model(
+        parse_model_spec(
+            {"layers": ["flatten", {"dense": {"features": 3, "trainable": False}}, "dense"]}
+        ),
+        (4, 4, 1),
+        2,
+    )
+    params, _ = frozen.init(KEY)
+    assert [flag for _, flag in frozen_leaves(frozen, params)] == [True, True, False, False]
+    plain = build_model(parse_model_spec({"layers": ["flatten", "dense"]}), (4, 4, 1), 2)
+    assert plain.frozen is None and plain.data_init is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        (
+            {"layers": [{"max_pool": {"window": 2, "trainable": False}}, "flatten", "dense"]},
+            "no parameters to freeze",
+        ),
+        (
+            {
+                "layers": [
+                    {"conv": {"features": 7, "kernel": 2, "init": "whiten"}},
+                    "flatten",
+                    "dense",
+                ]
+            },
+            "must be even",
+        ),
+        (
+            {
+                "layers": [
+                    {"conv": {"features": 18, "kernel": 2, "init": "whiten"}},
+                    "flatten",
+                    "dense",
+                ]
+            },
+            "at most 16",
+        ),
+        (
+            {
+                "layers": [
+                    {"residual": [{"conv": {"features": 2, "init": "whiten"}}]},
+                    "flatten",
+                    "dense",
+                ]
+            },
+            "top-level",
+        ),
+        ({"layers": ["flatten", {"dense": {"init": "whiten"}}]}, "conv kernels only"),
+        ({"layers": ["flatten", "dense"], "init": "whiten"}, "give it to a conv"),
+        (
+            {"layers": [{"conv": {"features": 2, "trainabel": False}}, "flatten", "dense"]},
+            "trainable",
+        ),
+    ],
+)
+def test_mistakes_with_the_new_options_are_spec_errors(raw, words):
+    with pytest.raises(SpecError, match=words):
+        describe_model(parse_model_spec(raw), (4, 4, 2), 3)
+
+
+def test_new_layers_in_the_summary():
+    summary = describe_model(parse_model_spec(SMALL_NET), (8, 8, 1), 10)
+    rows = {row.name: row for row in summary.rows}
+    assert (rows["0"].output_shape, rows["0"].params, rows["0"].trainable) == ((7, 7, 8), 32, False)
+    assert "whiten" in rows["0"].detail and "frozen" in rows["0"].detail
+    assert rows["4"].params == 16  # batch norm with a shift but no scale
+    assert (rows["6"].kind, rows["6"].output_shape, rows["6"].params) == (
+        "global_max_pool",
+        (16,),
+        0,
+    )
+    assert (rows["7"].params, rows["8"].output_shape, rows["8"].params) == (160, (10,), 0)
+    assert rows["8"].detail == "x 0.5"
+    assert summary.frozen_params == 32
+    assert summary.total_params == 32 + 8 * 9 * 16 + 16 + 160
+
+
+def test_the_airbench_fragment_matches_a_hand_count():
+    spec = parse_model_spec(yaml.safe_load((REPO / "experiments/models/airbench.yaml").read_text()))
+    summary = describe_model(spec, (32, 32, 3), 10)
+    convs = 2 * 2 * 3 * 24 + 9 * (24 * 64 + 64 * 64 + 64 * 256 + 256 * 256 * 3)
+    norms = 2 * 64 + 4 * 256  # shifts only
+    assert summary.total_params == convs + norms + 256 * 10 == 1_971_616
+    assert summary.frozen_params == 288
+    shapes = [row.output_shape for row in summary.rows if row.kind == "max_pool"]
+    assert shapes == [(15, 15, 64), (7, 7, 256), (3, 3, 256)]
+
+
+def test_global_max_pool_and_scale_compute_what_they_say():
+    model = build_model(
+        parse_model_spec({"layers": ["global_max_pool", {"scale": -2.0}]}), (3, 3, 4), 4
+    )
+    params, state = model.init(KEY)
+    x = jax.random.normal(KEY, (2, 3, 3, 4))
+    out, _ = model.apply(params, state, x, train=False)
+    np.testing.assert_allclose(out, -2.0 * x.max(axis=(1, 2)), rtol=1e-6)
+
+
+def test_dirac_lecun_copies_its_inputs_and_draws_the_other_filters():
+    kernel = np.asarray(INITIALIZERS["dirac_lecun"](KEY, (3, 3, 16, 64)))
+    assert np.array_equal(kernel[..., :16], np.asarray(INITIALIZERS["dirac"](KEY, (3, 3, 16, 16))))
+    assert kernel[..., 16:].std() == pytest.approx(np.sqrt(1 / (9 * 16)), rel=0.1)
+
+
+def test_the_speedrun_experiment_loads_and_builds():
+    experiment = load_experiment(REPO / "experiments" / "cifar10_speedrun.yaml")
+    assert experiment.train.label_smoothing == 0.2 and experiment.train.test_time_flip
+    assert experiment.train.batch_size == 1024
+    assert experiment.optimizer.args == {"momentum": 0.85, "nesterov": True}
+    rng = np.random.default_rng(0)
+    tiny = Split(rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), np.arange(16) % 10)
+    trainer = build_trainer(experiment, tiny, 10)
+    state = trainer.init(0)
+    assert np.abs(whiten_kernel(state.params)).max() > 0
+    logits = trainer.logits(state, tiny.images[:4])
+    assert logits.shape == (4, 10) and np.isfinite(logits).all()
