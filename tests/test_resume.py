@@ -42,7 +42,9 @@ def wait_for_step(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"training ended before it could be killed: {process.stderr.read()[-2000:]}")
+            raise AssertionError(
+                f"training ended before it could be killed: {process.stderr.read()[-2000:]}"
+            )
         for run in run_dirs(run_root):
             if any(row["step"] >= step for row in read_metrics(run)):
                 return run
@@ -134,3 +136,25 @@ def test_runs_write_tensorboard_events_and_curves(tiny_experiment, cli, isolated
     )
     with Image.open(run / "curves.png") as picture:
         assert picture.size[0] > 300
+
+
+def test_batch_norm_statistics_survive_a_checkpoint_round_trip(tiny_experiment, cli, isolated_runs):
+    batch_norm = "model={family: resnet, preset: tiny, norm: batch}"
+    cli("train", tiny_experiment, "--set", batch_norm, "--set", "train.steps=20")
+    run = run_dirs(isolated_runs)[0]
+    experiment = load_experiment(run / "config.yaml")
+    trainer = prepare(experiment).trainer
+    fresh = trainer.init(experiment.train.seed)
+    restored = final_params(run)
+    statistics = jax.tree.leaves(restored.model_state)
+    assert statistics, "a batch-norm model keeps running statistics in its state"
+    moved = [
+        not np.allclose(a, b)
+        for a, b in zip(statistics, jax.tree.leaves(fresh.model_state), strict=True)
+    ]
+    assert any(moved), "training updated the running statistics, and the checkpoint kept them"
+    images = prepare(experiment).val.images[:16]
+    assert not np.allclose(
+        trainer.logits(restored, images),
+        trainer.logits(fresh._replace(params=restored.params), images),
+    )
