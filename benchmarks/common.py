@@ -1,0 +1,91 @@
+"""Timing helpers shared by the benchmarks: alternating rounds, medians and spread, the machine,
+and tables for the terminal and for a markdown results file."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Median and range of repeated measurements."""
+
+    median: float
+    low: float
+    high: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        return cls(statistics.median(values), min(values), max(values))
+
+
+def alternate(
+    runners: dict[str, Callable[[], Any]], rounds: int, pause_s: float = 0.2
+) -> dict[str, list[Any]]:
+    """Call each runner once per round and collect what it returns (e.g. images per second).
+
+    The order rotates from round to round, so that on a shared machine a slow spell, or the
+    after-effects of the previous contender (caches, spinning worker threads), land on each
+    contender alike. A short pause lets the previous contender's threads go idle."""
+    names = list(runners)
+    results: dict[str, list[Any]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            time.sleep(pause_s)
+            results[name].append(runners[name]())
+    return results
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, str]:
+    """The facts a reader needs to compare two results: cores, CPU, library versions."""
+    facts = {"cores": str(os.cpu_count()), "cpu": cpu_model(), "python": platform.python_version()}
+    for package in ("jax", "jaxlib", "flax", "optax", "torch"):
+        try:
+            facts[package] = version(package)
+        except PackageNotFoundError:
+            facts[package] = "not installed"
+    return facts
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A rich table when rich is there, else aligned plain text."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows, strict=True)]
+        print(title)
+        for row in (headers, *rows):
+            print("  ".join(str(c).rjust(w) for c, w in zip(row, widths, strict=True)))
+        return
+    table = Table(title=title)
+    for index, header in enumerate(headers):
+        table.add_column(header, justify="left" if index < 2 else "right")
+    for row in rows:
+        table.add_row(*row)
+    Console(width=max(Console().width, 150)).print(table)
