@@ -412,10 +412,11 @@ def build_schedule(spec: OptimizerSpec, total_steps: int) -> Schedule:
 
 
 def build_optimizer(
-    spec: OptimizerSpec, total_steps: int
+    spec: OptimizerSpec, total_steps: int, frozen: Callable[[Any], Any] | None = None
 ) -> tuple[optax.GradientTransformation, Schedule]:
     """The full update rule (clipping, weight decay, optimizer, lookahead, weight average)
-    and its learning-rate schedule (step -> lr, for logging).
+    and its learning-rate schedule (step -> lr, for logging). `frozen(params)` marks parameters
+    whose updates are zero before lookahead and the weight average see them.
 
     `update` must be given the current params. Evaluate with `eval_params(params, opt_state)`.
     """
@@ -432,6 +433,8 @@ def build_optimizer(
     if spec.weight_decay > 0 and not native_decay:
         parts.append(optax.add_decayed_weights(spec.weight_decay, decay_mask))
     parts.append(kind.factory(schedule, **args))
+    if frozen is not None:
+        parts.append(optax.masked(optax.set_to_zero(), frozen))
     tx = optax.chain(*parts) if len(parts) > 1 else parts[0]
     if spec.lookahead is not None:
         tx = _with_lookahead(tx, spec.lookahead)

@@ -199,9 +199,6 @@ class Trainer:
         loss, accuracy, grads, model_state, order, _ = self._gradients(state, data)
         grad_norm = optax.global_norm(grads)
         updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        if self.model.frozen is not None:
-            frozen = self.model.frozen(state.params)
-            updates = jax.tree.map(lambda u, f: jnp.where(f, 0, u), updates, frozen)
         params = optax.apply_updates(state.params, updates)
         updated = state._replace(
             step=state.step + 1,
@@ -345,8 +342,13 @@ def build_trainer(
 
     model = build("model", build_model, experiment.model, image_shape, num_classes)
     tx, schedule = build(
-        "optimizer", build_optimizer, experiment.optimizer, steps or experiment.train.steps
+        "optimizer",
+        build_optimizer,
+        experiment.optimizer,
+        steps or experiment.train.steps,
+        model.frozen,
     )
+
     specs = experiment.augment if augment else ()
     augment_fn = build("augment", build_augment, specs, image_shape, num_classes)
     return Trainer(
