@@ -113,7 +113,11 @@ class OverfitWatch:
 
 
 def explain_overfit_failure(
-    losses: list[tuple[int, float]], label_entropy: float, update_ratio: float, grad_norm: float, dead: float | None
+    losses: list[tuple[int, float]],
+    label_entropy: float,
+    update_ratio: float,
+    grad_norm: float,
+    dead: float | None,
 ) -> str:
     """Why a model failed to memorise a handful of samples.
 
