@@ -107,6 +107,8 @@ def train(
 
     if (experiment is None) == (resume is None):
         raise UserError("give an experiment file to train, or --resume RUN to continue a run")
+    if resume and set_:
+        raise UserError("--set cannot change a run being resumed; train a new run with the changes")
     run_dir = find_run(resume) if resume else None
     exp = load(run_dir / "config.yaml" if run_dir else experiment, set_)
     with TrainProgress(console, exp.train.steps) as progress:
@@ -409,6 +411,7 @@ def augment(
         pipeline = build_augment(exp.augment, dataset.image_shape, dataset.num_classes)
     except SpecError as error:
         raise exp.user_error(error.within("augment")) from None
+    n = min(n, len(dataset.train))
     rows = np.random.default_rng(exp.train.seed).choice(len(dataset.train), n, replace=False)
     save_grid(dataset.train.images[np.sort(rows)], pipeline, exp.train.seed, draws, out)
     console.print(f"{n} images x {draws} draws of {len(exp.augment)} transforms: {out}")

@@ -241,6 +241,8 @@ def apply_override(tree: Tree, assignment: str) -> None:
         node = child
     node[parts[-1]] = value
     node.where[parts[-1]] = f"--set {assignment}"
+    if tuple(parts) in PATH_KEYS["experiment"]:
+        _absolutize(tree, [tuple(parts)], Path.cwd())
     if len(parts) == 1:
         _resolve_fragments(tree, Path.cwd(), f"--set {assignment}")
 
@@ -322,11 +324,6 @@ class Experiment:
     def user_error(self, error: SpecError) -> UserError:
         """A problem found after validation (e.g. a shape that does not fit), at its file:line."""
         return located_error(self.tree, error)
-
-    def with_train(self, **changes) -> Experiment:
-        """A copy with some train settings changed (overfit runs, sweeps)."""
-        raw = dict(self.raw, train={**self.raw.get("train", {}), **changes})
-        return experiment_from_tree(raw)
 
 
 def _pydantic_to_spec_error(error: ValidationError, model: type[BaseModel]) -> SpecError:

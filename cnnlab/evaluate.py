@@ -32,6 +32,8 @@ def restore_run(run_dir: Path, checkpoint: str = "best"):
     `best` falls back to `latest` for runs without a validation split."""
     if checkpoint not in ("best", "latest"):
         raise UserError(f"--checkpoint {checkpoint}: choose best or latest")
+    if not (run_dir / "checkpoints").is_dir():  # checked first: opening them would create them
+        raise UserError(f"run {run_dir} has no checkpoint yet (it stopped before its first eval)")
     experiment = load_experiment(run_dir / "config.yaml")
     prepared = prepare(experiment)
     checkpoints = Checkpoints(run_dir)

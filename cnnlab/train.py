@@ -36,7 +36,7 @@ from cnnlab.diagnostics import (
     first_nonfinite,
     layer_stats,
 )
-from cnnlab.errors import SpecError
+from cnnlab.errors import SpecError, UserError
 from cnnlab.models import build_model
 from cnnlab.models.base import Model
 from cnnlab.optim import build_optimizer, eval_params
@@ -238,6 +238,15 @@ class Trainer:
             self._diagnostics = jax.jit(self._diagnose)
         return jax.device_get(self._diagnostics(state, data))
 
+    def compile(self, state: TrainState, data: DeviceSplit, steps: int) -> float:
+        """Compile every call a run from `state` to `steps` needs (the full call, and a shorter
+        last one when the steps do not divide evenly); returns seconds spent."""
+        started, first = time.perf_counter(), int(state.step)
+        per_call = self.options.steps_per_call
+        for count in {min(per_call, steps - first), (steps - first) % per_call} - {0}:
+            self.program(count, state, data)
+        return time.perf_counter() - started
+
     def program(self, count: int, state: TrainState, data: DeviceSplit):
         """The compiled call that runs `count` steps; the state is donated (updated in place).
         Compiled once per count, ahead of its first use, for arguments shaped like these."""
@@ -402,12 +411,13 @@ class StopRequest:
 class Stopwatch:
     """Wall time since start, and training time between laps that leaves out paused spans."""
 
-    def __init__(self):
+    def __init__(self, offset: float = 0.0):
         self.start = self.mark = time.perf_counter()
         self.pause = 0.0
+        self.offset = offset  # seconds already spent before (a resumed run)
 
     def total(self) -> float:
-        return time.perf_counter() - self.start
+        return time.perf_counter() - self.start + self.offset
 
     def lap(self) -> float:
         now = time.perf_counter()
@@ -444,22 +454,23 @@ def train(
     """Train `experiment` into a new run folder (or the given empty `run_dir`), or continue the run
     in `resume` from its latest checkpoint. Returns the folder and its summary."""
     prepared = prepare(experiment)
-    state = prepared.trainer.init(experiment.train.seed)
-    if resume is not None:
-        run_dir = resume
-    elif run_dir is None:
-        run_dir = create_run_dir(experiment.name, runs_root)
-    else:
-        run_dir.mkdir(parents=True, exist_ok=False)
-    loop = TrainLoop(experiment, prepared, run_dir, progress)
+    state, data = prepared.trainer.init(experiment.train.seed), to_device(prepared.train)
+    if resume is None:  # compile before the run folder exists: a failure leaves nothing behind
+        compile_seconds = prepared.trainer.compile(state, data, experiment.train.steps)
+        if run_dir is None:
+            run_dir = create_run_dir(experiment.name, runs_root)
+        else:
+            run_dir.mkdir(parents=True, exist_ok=False)
+        dump_experiment(experiment, run_dir / "config.yaml")
+    loop = TrainLoop(experiment, prepared, resume or run_dir, progress)
     try:
         if resume is not None:
             state = loop.resume(state)
-        else:
-            dump_experiment(experiment, run_dir / "config.yaml")
-        summary = loop.run(state, to_device(prepared.train))
+            compile_seconds = prepared.trainer.compile(state, data, experiment.train.steps)
+        summary = loop.run(state, data, compile_seconds)
     finally:
         loop.close()
+    run_dir = loop.run_dir
     if read_metrics(run_dir):
         plot_curves(run_dir)
     return TrainResult(run_dir, summary)
@@ -485,13 +496,19 @@ class TrainLoop:
         self.first_step = 0
         self.metrics: MetricsWriter | None = None
         self.diagnostics = True  # per-layer statistics at each log (one extra gradient pass)
+        self.wall_offset = 0.0
 
     def resume(self, like: TrainState) -> TrainState:
-        """The latest checkpoint, with metrics after it dropped and the watchers replayed."""
-        state = self.checkpoints.restore("latest", like)
+        """The latest checkpoint, with metrics after it dropped and the watchers replayed. A run
+        killed before its first checkpoint was committed starts again from `like`."""
+        has_checkpoint = self.checkpoints.step("latest") is not None
+        state = self.checkpoints.restore("latest", like) if has_checkpoint else like
         step = int(state.step)
+        if step >= self.cfg.steps:
+            raise UserError(f"run {self.run_dir.name} already finished its {self.cfg.steps} steps")
         self.checkpoints.discard_after(step)
         rows = [row for row in read_metrics(self.run_dir) if row["step"] <= step]
+        self.wall_offset = max((row["wall_time"] for row in rows), default=0.0)
         rewrite_metrics(self.run_dir, rows)
         for row in rows:
             if row["split"] == "train":
@@ -503,15 +520,11 @@ class TrainLoop:
         self.first_step = step
         return state
 
-    def run(self, state: TrainState, data: DeviceSplit) -> dict:
+    def run(self, state: TrainState, data: DeviceSplit, compile_seconds: float) -> dict:
         cfg, trainer = self.cfg, self.trainer
         self.start()
         step = int(state.step)
-        started = time.perf_counter()
-        if step < cfg.steps:
-            trainer.program(min(cfg.steps_per_call, cfg.steps - step), state, data)
-        compile_seconds = time.perf_counter() - started
-        clock = Stopwatch()
+        clock = Stopwatch(offset=self.wall_offset)
         last_step, pending, status = step, [], "completed"
         with StopRequest() as stop:
             while step < cfg.steps:
