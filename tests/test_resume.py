@@ -158,3 +158,13 @@ def test_batch_norm_statistics_survive_a_checkpoint_round_trip(tiny_experiment, 
         trainer.logits(restored, images),
         trainer.logits(fresh._replace(params=restored.params), images),
     )
+
+
+def test_resume_refuses_changes_and_finished_runs(tiny_experiment, cli, isolated_runs):
+    cli("train", tiny_experiment, "--set", "train.steps=20")
+    run = run_dirs(isolated_runs)[0]
+    changed = cli("train", "--resume", run, "--set", "train.steps=60", expect=2)
+    assert "--set cannot change a run being resumed" in changed.stderr
+    finished = cli("train", "--resume", run, expect=2)
+    assert "already finished its 20 steps" in finished.stderr
+    assert json.loads((run / "summary.json").read_text())["wall_seconds"] > 0
