@@ -197,11 +197,11 @@ def test_interrupted_sweep_resumes_only_missing_trials(
     real_run = TrainLoop.run
     trained, interrupt = [], [True]
 
-    def stop_second(loop, state, data):
+    def stop_second(loop, state, data, compile_seconds):
         trained.append(loop.experiment.optimizer.lr)
         if len(trained) == 2 and interrupt.pop():
             raise KeyboardInterrupt  # as Ctrl-C does, after the run folder was made
-        return real_run(loop, state, data)
+        return real_run(loop, state, data, compile_seconds)
 
     monkeypatch.setattr(TrainLoop, "run", stop_second)
     sweep = load_sweep(path)
