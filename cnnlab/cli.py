@@ -324,22 +324,15 @@ def data_list(data_dir: DataDir = None):
 @friendly
 def diagnostics(run: RunArg = "latest"):
     """Per-layer parameter and gradient norms, update ratios and dead ReLUs of a run, with trends."""
-    import json
-
     from cnnlab.report import diagnostics_table
-    from cnnlab.runs import find_run
+    from cnnlab.runs import find_run, read_json, read_jsonl
 
     run_dir = find_run(run)
-    path = run_dir / "diagnostics.jsonl"
-    if not path.exists():
-        raise UserError(f"run {run_dir.name} has no diagnostics.jsonl (it logged nothing yet)")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(run_dir / "diagnostics.jsonl")
+    if not rows:
+        raise UserError(f"run {run_dir.name} has no diagnostics yet (it logged nothing)")
     console.print(diagnostics_table(rows))
-    summary = (
-        json.loads((run_dir / "summary.json").read_text())
-        if (run_dir / "summary.json").exists()
-        else {}
-    )
+    summary = read_json(run_dir / "summary.json")
     for warning in summary.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if summary.get("failure"):

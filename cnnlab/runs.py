@@ -132,11 +132,15 @@ def rewrite_metrics(run_dir: Path, rows: list[dict]) -> None:
         os.replace(run_dir / "diagnostics.jsonl.tmp", diagnostics)
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSON-lines file; none if it does not exist yet."""
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return read_jsonl(run_dir / "metrics.jsonl")
 
 
 def write_json(path: Path, data: dict) -> None:
