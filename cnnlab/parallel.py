@@ -251,7 +251,7 @@ def group_trials(
 def parallel_trainer(limit: int, log: Callable[[str], None] = print):
     """A sweep trainer (see cnnlab.sweep.TrialTrainer) that stacks up to `limit` compatible
     trials per program and trains the rest one after another, saying why."""
-    from cnnlab.sweep import train_trial
+    from cnnlab.sweep.runner import train_trial
 
     def train_jobs(jobs, progress=None) -> None:
         groups, reasons = group_trials([trial.experiment for trial, _ in jobs], limit)
