@@ -16,7 +16,7 @@ import jax
 
 from cnnlab.config import load_experiment
 from cnnlab.parallel import train_stacked
-from cnnlab.train import train
+from cnnlab.training import train
 
 REPO = Path(__file__).resolve().parent.parent
 

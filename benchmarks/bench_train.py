@@ -43,7 +43,7 @@ from common import Spread, alternate, machine, markdown_table, print_table  # no
 
 from cnnlab.config import experiment_from_tree  # noqa: E402
 from cnnlab.data.dataset import Split  # noqa: E402
-from cnnlab.train import Trainer, build_trainer, to_device  # noqa: E402
+from cnnlab.training import Trainer, build_trainer, to_device  # noqa: E402
 
 # Compile times are part of the result: no program may come from the on-disk cache.
 jax.config.update("jax_enable_compilation_cache", False)

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from cnnlab.errors import SpecError, suggest
+from cnnlab.hyper import STATIC
 from cnnlab.registry import Registry
 
 Image = jax.Array  # (H, W, C) float in [0, 1]
@@ -252,7 +253,10 @@ class Translate(AugmentSpec):
 
     uniforms: ClassVar[int] = 2
     pixels: Pixels | None = None
-    fraction: Annotated[float, Strict(), Field(ge=0, lt=1)] | None = None
+    # A fraction becomes a whole number of pixels, which shapes the program.
+    fraction: Annotated[float, Strict(), Field(ge=0, lt=1)] | None = Field(
+        None, json_schema_extra=STATIC
+    )
     fill: Unit = 0.0
 
     @model_validator(mode="after")
@@ -315,20 +319,18 @@ class ColorJitter(AugmentSpec):
         return None
 
     def apply(self, draw, image):
-        if self.brightness:
-            image = jnp.clip(image * self._factor(draw[0], self.brightness), 0.0, 1.0)
-        if self.contrast:
-            mean = jnp.mean(_grey(image))
-            image = _blend(mean, image, self._factor(draw[1], self.contrast))
-        if self.saturation:
+        # Every part runs, a zero amount being the identity: the amounts are traced numbers.
+        image = jnp.clip(image * self._factor(draw[0], self.brightness), 0.0, 1.0)
+        mean = jnp.mean(_grey(image))
+        image = _blend(mean, image, self._factor(draw[1], self.contrast))
+        if image.shape[-1] == 3:  # `problem` refused saturation and hue for other images
             image = _blend(_grey(image), image, self._factor(draw[2], self.saturation))
-        if self.hue:
             image = _shift_hue(image, _between(draw[3], -self.hue, self.hue))
         return image
 
     @staticmethod
     def _factor(u, amount):
-        return _between(u, max(0.0, 1.0 - amount), 1.0 + amount)
+        return _between(u, jnp.maximum(0.0, 1.0 - amount), 1.0 + amount)
 
 
 def _blend(base, image, factor):
@@ -544,8 +546,6 @@ class Augment:
 
     def __call__(self, key: jax.Array, images: jax.Array, labels: jax.Array):
         for index, spec in enumerate(self.specs):
-            if spec.p == 0:
-                continue
             stage_key = jax.random.fold_in(key, index)
             if spec.per_sample:
                 images = _apply_per_sample(spec, stage_key, images)
@@ -558,8 +558,6 @@ def _apply_per_sample(spec: AugmentSpec, key: jax.Array, images: jax.Array) -> j
     """Transform every image with its own random numbers; each fires with probability p."""
     draw = spec.draw(key, images)
     out = jax.vmap(spec.apply)(draw[:, 1:], images).astype(images.dtype)
-    if spec.p == 1:
-        return out
     fires = draw[:, 0] < spec.p
     return jnp.where(fires[:, None, None, None], out, images)
 

@@ -42,7 +42,10 @@ def friendly(command):
 
     @functools.wraps(command)
     def run(*args, **kwargs):
+        from cnnlab.environment import configure
+
         try:
+            configure()
             return command(*args, **kwargs)
         except UserError as error:
             errors.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
@@ -76,12 +79,12 @@ def overfit(
     set_: Overrides = None,
 ):
     """Sanity check: can the model memorise a few training samples? Prints a verdict."""
+    from cnnlab import api
     from cnnlab.report import overfit_verdict
-    from cnnlab.train import overfit as run_overfit
 
     exp = load(experiment, set_)
     console.print(f"overfit [bold]{exp.name}[/] on {samples} samples (budget {max_steps} steps)")
-    result = run_overfit(exp, samples, max_steps)
+    result = api.overfit(exp, samples, max_steps)
     say_notes(result.notes)
     console.print(overfit_verdict(result), highlight=False)
     if not result.memorised:
@@ -101,27 +104,27 @@ def train(
     ] = None,
 ):
     """Train an experiment into a new run folder under runs/ (or --resume a stopped run)."""
+    from cnnlab import api
     from cnnlab.report import TrainProgress, summary_table
-    from cnnlab.runs import find_run
-    from cnnlab.train import train as run_train
 
     if (experiment is None) == (resume is None):
         raise UserError("give an experiment file to train, or --resume RUN to continue a run")
     if resume and set_:
         raise UserError("--set cannot change a run being resumed; train a new run with the changes")
-    run_dir = find_run(resume) if resume else None
-    exp = load(run_dir / "config.yaml" if run_dir else experiment, set_)
+    stopped = api.open_run(resume) if resume else None
+    exp = load(stopped.path / "config.yaml" if stopped else experiment, set_)
     with TrainProgress(console, exp.train.steps) as progress:
-        result = run_train(exp, resume=run_dir, progress=progress)
-    console.print(summary_table(result.summary))
-    if result.summary["status"] == "interrupted":
-        console.print(f"stopped at step {result.summary['steps']}; latest checkpoint saved")
-        console.print(f"continue with: cnnlab train --resume {result.run_dir}")
-    console.print(f"run folder: {result.run_dir}")
-    if result.failed:
-        errors.print(
-            f"[red]diverged:[/] {result.summary['failure']}", highlight=False, soft_wrap=True
+        run = (
+            api.resume(stopped, progress=progress) if stopped else api.train(exp, progress=progress)
         )
+    summary = run.summary
+    console.print(summary_table(summary))
+    if summary["status"] == "interrupted":
+        console.print(f"stopped at step {summary['steps']}; latest checkpoint saved")
+        console.print(f"continue with: cnnlab train --resume {run.path}")
+    console.print(f"run folder: {run.path}")
+    if summary["status"] == "diverged":
+        errors.print(f"[red]diverged:[/] {summary['failure']}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -135,7 +138,7 @@ def eval_(
     ] = "best",
 ):
     """Top-1/top-5, per-class accuracy and the confusion matrix of a run; saved as JSON in it."""
-    from cnnlab.evaluate import evaluate_run
+    from cnnlab.evaluation import evaluate_run
     from cnnlab.report import evaluation_tables
     from cnnlab.runs import find_run
 
@@ -169,17 +172,16 @@ def sweep(
     ] = 1,
 ):
     """Train an experiment over a grid or random draws of settings and seeds; rank the settings."""
-    from cnnlab.parallel import parallel_trainer
-    from cnnlab.sweep import best_command, console_progress, load_sweep, run_sweep, sweep_table
+    from cnnlab import api
+    from cnnlab.sweeps import best_command, console_progress, sweep_table
 
-    spec = load_sweep(sweep_file)
-    result = run_sweep(
-        spec,
+    result = api.sweep(
+        sweep_file,
+        parallel,
         resume=Path(resume) if resume else None,
         new=new,
-        progress=console_progress(console, spec),
+        progress=lambda spec: console_progress(console, spec),
         log=console.print,
-        **({"trainer": parallel_trainer(parallel, console.print)} if parallel > 1 else {}),
     )
     console.print(sweep_table(result))
     command = best_command(result)
@@ -264,7 +266,7 @@ def predict(
     """Classify PNG or JPEG files with a trained run: the top-k classes and probabilities.
 
     Images of any size are converted to the run's channels (greyscale or RGB) and resized (stretched, not cropped) to its input size."""
-    from cnnlab.predict import predict_files, predictions_table
+    from cnnlab.prediction import predict_files, predictions_table
     from cnnlab.runs import find_run
 
     run_dir = find_run(run)
@@ -371,7 +373,7 @@ def lr_find(
 def inspect(experiment: Experiment = None, set_: Overrides = None):
     """Layer by layer: output shape, parameters and forward FLOPs per image, with totals."""
     from cnnlab.models import describe_model, render_model_summary
-    from cnnlab.train import load_data
+    from cnnlab.training import load_data
 
     exp = load(experiment, set_)
     dataset = load_data(exp)
@@ -396,7 +398,7 @@ def augment(
     import numpy as np
 
     from cnnlab.augment import build_augment, save_grid
-    from cnnlab.train import load_data
+    from cnnlab.training import load_data
 
     exp = load(experiment, set_)
     dataset = load_data(exp)

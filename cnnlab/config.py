@@ -8,6 +8,7 @@ so any validation error points at `file:line` and the dotted key.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -135,7 +136,8 @@ def deep_merge(base: Any, override: Any) -> Any:
     merged = Tree(base)
     merged.where = dict(getattr(base, "where", {}))
     for key, value in override.items():
-        merged[key] = deep_merge(base.get(key), value)
+        other_form = key == "model" and _model_form(value) not in (None, _model_form(base.get(key)))
+        merged[key] = value if other_form else deep_merge(base.get(key), value)
         merged.where[key] = override.where[key]
     return merged
 
@@ -221,6 +223,56 @@ def _load_tree(path: Path, seen: tuple[Path, ...] = ()) -> Tree:
     return deep_merge(_load_tree(base_path, seen + (path,)), tree)
 
 
+MODEL_FORMS = ("layers", "family", "python")  # a model mapping is written in one of these
+
+
+def _model_form(model: Any) -> str | None:
+    if isinstance(model, dict):
+        return next((form for form in MODEL_FORMS if form in model), None)
+    return None
+
+
+def _stamped(value: Any, where: str) -> Any:
+    """`value` as Trees and TreeLists whose every key and item was written at `where`."""
+    if isinstance(value, dict):
+        tree = Tree({key: _stamped(item, where) for key, item in value.items()})
+        tree.where = dict.fromkeys(tree, where)
+        return tree
+    if isinstance(value, list):
+        items = TreeList(_stamped(item, where) for item in value)
+        items.where = [where] * len(items)
+        return items
+    return value
+
+
+def set_key(tree: Tree, key: str, value: Any, where: str) -> None:
+    """The one way to change an experiment tree: set the dotted `key` to `value`, recording
+    `where` (a `--set` option, a sweep file's line) as the source of all it writes. A model of
+    another form than the one there (layers, family or python) replaces it whole."""
+    parts = key.split(".")
+    if not all(part.strip() for part in parts):
+        raise UserError(f"{where}: '{key}' is not a dotted key such as optimizer.lr")
+    if len(parts) > 1 and parts[0] == "model" and parts[1] in MODEL_FORMS:
+        form = _model_form(tree.get("model"))
+        if form is not None and form != parts[1]:
+            tree["model"], tree.where["model"] = Tree(), where
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            if child is not None:
+                raise UserError(f"{where}: '{key}' goes inside {part}, which is not a mapping")
+            child = Tree()
+            node[part], node.where[part] = child, where
+        node = child
+    node[parts[-1]] = _stamped(value, where)
+    node.where[parts[-1]] = where
+    if tuple(parts) in PATH_KEYS["experiment"]:
+        _absolutize(tree, [tuple(parts)], Path.cwd())
+    if len(parts) == 1:
+        _resolve_fragments(tree, Path.cwd(), where)
+
+
 def apply_override(tree: Tree, assignment: str) -> None:
     """`optimizer.lr=3e-4`: set a dotted key to a YAML-parsed value."""
     key, sep, text = assignment.partition("=")
@@ -230,21 +282,7 @@ def apply_override(tree: Tree, assignment: str) -> None:
         value = yaml.load(text, Loader=_loader_for(Path("--set")))  # noqa: S506
     except yaml.YAMLError:
         raise UserError(f"--set {assignment!r}: the value is not valid YAML") from None
-    parts = key.strip().split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = Tree()
-            node[part] = child
-            node.where[part] = f"--set {assignment}"
-        node = child
-    node[parts[-1]] = value
-    node.where[parts[-1]] = f"--set {assignment}"
-    if tuple(parts) in PATH_KEYS["experiment"]:
-        _absolutize(tree, [tuple(parts)], Path.cwd())
-    if len(parts) == 1:
-        _resolve_fragments(tree, Path.cwd(), f"--set {assignment}")
+    set_key(tree, key.strip(), to_plain(value), f"--set {assignment}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,6 +432,18 @@ def load_experiment(name: str | Path | None = None, overrides: Sequence[str] = (
     tree.source = f"{path}:1"
     for assignment in overrides:
         apply_override(tree, assignment)
+    try:
+        return experiment_from_tree(tree)
+    except SpecError as error:
+        raise located_error(tree, error) from None
+
+
+def with_settings(experiment: Experiment, settings: dict[str, Any], where: str) -> Experiment:
+    """A new experiment: `experiment` with dotted keys set to values, validated again; errors
+    name `where` for the keys it wrote (e.g. a sweep file's line)."""
+    tree = copy.deepcopy(experiment.tree)
+    for key, value in settings.items():
+        set_key(tree, key, value, where)
     try:
         return experiment_from_tree(tree)
     except SpecError as error:

@@ -3,16 +3,16 @@ model, watch the loss, and suggest a rate a step below where the loss bottoms ou
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cnnlab.config import Experiment, experiment_from_tree
-from cnnlab.data.dataset import split_validation
+from cnnlab.config import Experiment, with_settings
 from cnnlab.errors import UserError
-from cnnlab.train import build_trainer, load_data, to_device
+from cnnlab.loop import run
+from cnnlab.step import device_numbers, to_device
+from cnnlab.training import setup
 
 
 @dataclass
@@ -28,18 +28,12 @@ def range_experiment(
     experiment: Experiment, min_lr: float, max_lr: float, steps: int
 ) -> Experiment:
     """The same experiment with its learning rate growing from min_lr to max_lr over `steps`."""
-    raw = copy.deepcopy(experiment.raw)
-    raw["optimizer"] = {
-        **raw.get("optimizer", {}),
-        "lr": min_lr,
-        "schedule": {
-            "name": "exponential",
-            "decay_rate": max_lr / min_lr,
-            "transition_steps": steps,
-        },
-    }
-    raw.setdefault("train", {})["steps"] = steps
-    return experiment_from_tree(raw)
+    schedule = {"name": "exponential", "decay_rate": max_lr / min_lr, "transition_steps": steps}
+    settings = {"optimizer.lr": min_lr, "optimizer.schedule": schedule, "train.steps": steps}
+    # A log every call: the loss is watched as it goes.
+    per_call = experiment.train.steps_per_call
+    settings["train.log_every_steps"] = settings["train.eval_every_steps"] = per_call
+    return with_settings(experiment, settings, "lr-find")
 
 
 def smooth(values: np.ndarray, beta: float = 0.9) -> np.ndarray:
@@ -51,29 +45,39 @@ def smooth(values: np.ndarray, beta: float = 0.9) -> np.ndarray:
     return out
 
 
+class RangeRecord:
+    """Keeps every step's loss and rate; ends the test once the loss has blown up."""
+
+    def __init__(self):
+        self.last_train: dict = {}
+        self.last_val: dict = {}
+        self.losses: list[float] = []
+        self.lrs: list[float] = []
+
+    def log(self, step, series, layers, images_per_sec, wall):
+        self.losses.extend(series["loss"].tolist())
+        self.lrs.extend(series["lr"].tolist())
+        if not np.isfinite(self.losses[-1]):
+            return "diverged"
+        smoothed = smooth(np.array(self.losses))
+        return "diverged" if smoothed[-1] > 4 * smoothed.min() else None  # larger only worse
+
+    def evaluate(self, step, state, wall, final):
+        return None
+
+
 def lr_find(
     experiment: Experiment, *, min_lr: float = 1e-6, max_lr: float = 10.0, steps: int = 200
 ) -> RangeTest:
     if not 0 < min_lr < max_lr:
         raise UserError(f"--min-lr {min_lr} and --max-lr {max_lr}: need 0 < min-lr < max-lr")
     probe = range_experiment(experiment, min_lr, max_lr, steps)
-    dataset = load_data(probe)
-    train, _ = split_validation(dataset.train, probe.data.val_fraction, probe.train.seed)
-    trainer = build_trainer(probe, train, dataset.num_classes)
-    state, data = trainer.init(probe.train.seed), to_device(train)
-    losses, lrs, done = [], [], 0
-    while done < steps:
-        count = min(probe.train.steps_per_call, steps - done)
-        state, metrics = trainer.program(count, state, data)(state, data)
-        losses.extend(np.asarray(metrics["loss"]).tolist())
-        lrs.extend(np.asarray(metrics["lr"]).tolist())
-        done += count
-        if not np.isfinite(losses[-1]):
-            break
-        smoothed = smooth(np.array(losses))
-        if smoothed[-1] > 4 * smoothed.min():
-            break  # diverged: larger rates only get worse
-    losses, lrs = np.array(losses), np.array(lrs)
+    built = setup(probe)
+    data = to_device(built.train.images, built.train.labels)
+    record = RangeRecord()
+    numbers = device_numbers(built.numbers)
+    run(built.program, built.initial_state(), data, numbers, [record], built.cadence())
+    losses, lrs = np.array(record.losses), np.array(record.lrs)
     keep = np.isfinite(losses)
     losses, lrs = losses[keep], lrs[keep]
     smoothed = smooth(losses)

@@ -42,6 +42,7 @@ from pydantic import (
 )
 
 from cnnlab.errors import SpecError, suggest
+from cnnlab.hyper import STATIC
 from cnnlab.registry import Registry
 
 Schedule = Callable[[Any], jax.Array]  # step -> learning rate, jnp-traceable
@@ -200,10 +201,24 @@ class _WithWarmup(ScheduleSpec):
 SCHEDULES: Registry[type[ScheduleSpec]] = Registry("schedule")
 
 
+def _fraction(step, start, length) -> jax.Array:
+    """How far `step` is through [start, start + length], clipped to [0, 1]."""
+    return jnp.clip((jnp.asarray(step, jnp.float32) - start) / length, 0.0, 1.0)
+
+
+def _cosine_between(high, low, fraction) -> jax.Array:
+    """Half a cosine from `high` (fraction 0) to `low` (fraction 1)."""
+    return low + (high - low) * 0.5 * (1.0 + jnp.cos(jnp.pi * fraction))
+
+
+# Schedules are jnp formulas rather than optax's builders: those check their numbers in Python,
+# and here the numbers are traced inputs (see cnnlab.hyper).
+
+
 @SCHEDULES.register("constant")
 class ConstantSchedule(_WithWarmup):
     def after_warmup(self, lr, total_steps):
-        return optax.constant_schedule(lr)
+        return lambda step: lr * jnp.ones((), jnp.float32)
 
 
 @SCHEDULES.register("piecewise")
@@ -231,9 +246,13 @@ class PiecewiseSchedule(_WithWarmup):
         return scales
 
     def after_warmup(self, lr, total_steps):
-        return optax.piecewise_constant_schedule(
-            lr, dict(zip(self.boundaries, self.scales, strict=True))
-        )
+        def schedule(step):
+            value = lr * jnp.ones((), jnp.float32)
+            for boundary, scale in zip(self.boundaries, self.scales, strict=True):
+                value = jnp.where(step >= boundary, value * scale, value)
+            return value
+
+        return schedule
 
 
 @SCHEDULES.register("step")
@@ -244,7 +263,7 @@ class StepSchedule(_WithWarmup):
     factor: Number = Field(default=0.1, gt=0)
 
     def after_warmup(self, lr, total_steps):
-        return optax.exponential_decay(lr, self.every_steps, self.factor, staircase=True)
+        return lambda step: lr * jnp.power(self.factor, jnp.floor_divide(step, self.every_steps))
 
 
 @SCHEDULES.register("exponential")
@@ -255,11 +274,9 @@ class ExponentialSchedule(_WithWarmup):
     transition_steps: Count = Field(gt=0)
 
     def after_warmup(self, lr, total_steps):
-        return optax.exponential_decay(lr, self.transition_steps, self.decay_rate)
-
-
-def _shifted(schedule: Schedule, offset: int) -> Schedule:
-    return lambda step: schedule(step - offset)
+        return lambda step: (
+            lr * jnp.power(self.decay_rate, jnp.asarray(step, jnp.float32) / self.transition_steps)
+        )
 
 
 @SCHEDULES.register("cosine")
@@ -269,8 +286,10 @@ class CosineSchedule(_WithWarmup):
     final_scale: Number = Field(default=0.0, ge=0, le=1)
 
     def after_warmup(self, lr, total_steps):
-        decay = optax.cosine_decay_schedule(lr, self.decay_steps(total_steps), self.final_scale)
-        return _shifted(decay, self.warmup_steps)
+        length = self.decay_steps(total_steps)
+        return lambda step: _cosine_between(
+            lr, lr * self.final_scale, _fraction(step, self.warmup_steps, length)
+        )
 
 
 @SCHEDULES.register("warmup_cosine")
@@ -285,8 +304,13 @@ class LinearSchedule(_WithWarmup):
     final_scale: Number = Field(default=0.0, ge=0, le=1)
 
     def after_warmup(self, lr, total_steps):
-        decay = optax.linear_schedule(lr, lr * self.final_scale, self.decay_steps(total_steps))
-        return _shifted(decay, self.warmup_steps)
+        length = self.decay_steps(total_steps)
+
+        def schedule(step):
+            fraction = _fraction(step, self.warmup_steps, length)
+            return lr + (lr * self.final_scale - lr) * fraction
+
+        return schedule
 
 
 @SCHEDULES.register("one_cycle")
@@ -294,14 +318,21 @@ class OneCycleSchedule(ScheduleSpec):
     """Cosine rise from lr / div_factor to lr at `peak_fraction` of the run, then cosine fall
     to lr / (div_factor * final_div_factor) at the end (PyTorch's OneCycleLR)."""
 
-    peak_fraction: Number = Field(default=0.3, gt=0, lt=1)
+    # Where the peak falls is a step number, so it shapes the program rather than feeding it.
+    peak_fraction: Number = Field(default=0.3, gt=0, lt=1, json_schema_extra=STATIC)
     div_factor: Number = Field(default=25.0, ge=1)
     final_div_factor: Number = Field(default=1e4, ge=1)
 
     def build(self, lr, total_steps):
-        return optax.cosine_onecycle_schedule(
-            total_steps, lr, self.peak_fraction, self.div_factor, self.final_div_factor
-        )
+        peak = max(1, int(self.peak_fraction * total_steps))
+        start, end = lr / self.div_factor, lr / (self.div_factor * self.final_div_factor)
+
+        def schedule(step):
+            rising = _cosine_between(start, lr, _fraction(step, 0, peak))
+            falling = _cosine_between(lr, end, _fraction(step, peak, max(1, total_steps - peak)))
+            return jnp.where(step < peak, rising, falling)
+
+        return schedule
 
 
 # ----------------------------------------------------------------- the spec
@@ -430,7 +461,7 @@ def build_optimizer(
     parts = []
     if spec.clip_norm is not None:
         parts.append(optax.clip_by_global_norm(spec.clip_norm))
-    if spec.weight_decay > 0 and not native_decay:
+    if not native_decay:  # always present: its rate is a number the step takes as data
         parts.append(optax.add_decayed_weights(spec.weight_decay, decay_mask))
     parts.append(kind.factory(schedule, **args))
     if frozen is not None:

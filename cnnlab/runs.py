@@ -12,12 +12,13 @@ from typing import Any
 from cnnlab.errors import UserError
 
 METRIC_COLUMNS = ("step", "split", "loss", "accuracy", "lr", "images_per_sec", "wall_time")
-DEFAULT_RUNS_DIR = Path("runs")
 
 
 def runs_dir() -> Path:
     """Where runs go: $CNNLAB_RUNS_DIR, else ./runs."""
-    return Path(os.environ.get("CNNLAB_RUNS_DIR", DEFAULT_RUNS_DIR))
+    from cnnlab.environment import runs_dir as configured
+
+    return configured()
 
 
 def create_run_dir(name: str, root: Path | None = None) -> Path:

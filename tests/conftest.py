@@ -75,3 +75,34 @@ def tiny_experiment(tmp_path) -> Path:
 
 def run_dirs(runs: Path) -> list[Path]:
     return sorted(p for p in runs.glob("*") if p.is_dir()) if runs.exists() else []
+
+
+def interrupt_when(args: list[str], ready, env: dict, timeout: float = 300) -> int:
+    """Run `cnnlab ARGS` in a subprocess, send it one SIGINT (Ctrl-C) as soon as `ready()` is
+    true, and return its exit code."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cnnlab", *map(str, args)],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready():
+            if process.poll() is not None:
+                raise AssertionError(f"ended before it was interrupted: {process.stderr.read()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not ready within {timeout} s")
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        return process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

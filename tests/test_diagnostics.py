@@ -10,11 +10,10 @@ import pytest
 from conftest import TINY_EXPERIMENT, write
 from PIL import Image
 
-from cnnlab.config import load_experiment
+import cnnlab
+from cnnlab import load_experiment, overfit
 from cnnlab.diagnostics import GradientWatch, OverfitWatch
 from cnnlab.optim import OPTIMIZERS, SCHEDULES
-from cnnlab.runs import Checkpoints
-from cnnlab.train import overfit, prepare
 
 MLP = (
     TINY_EXPERIMENT.replace("{family: cnn, preset: tiny}", "{family: mlp, preset: tiny}")
@@ -62,10 +61,7 @@ def test_planted_divergence_stops_naming_step_and_layer(tmp_path, cli, isolated_
     run = next(isolated_runs.iterdir())
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "diverged"
-    experiment = load_experiment(run / "config.yaml")
-    checkpoints = Checkpoints(run)
-    state = checkpoints.restore("latest", prepare(experiment).trainer.init(0))
-    checkpoints.close()
+    state = cnnlab.open_run(run).restore("latest").state
     assert int(state.step) == 20
     assert all(bool(np.isfinite(leaf).all()) for leaf in jax.tree.leaves(state.params))
 

@@ -455,8 +455,7 @@ MEMORISE = {
 
 @pytest.mark.parametrize("name", list(MEMORISE))
 def test_models_memorise_four_samples(tmp_path, name):
-    from cnnlab.config import load_experiment
-    from cnnlab.train import overfit
+    from cnnlab import load_experiment, overfit
 
     path = tmp_path / "exp.yaml"
     path.write_text(

@@ -6,22 +6,19 @@ import json
 
 import jax
 import numpy as np
-from conftest import TINY_EXPERIMENT, write
+from conftest import TINY_EXPERIMENT, interrupt_when, write
 
-from cnnlab.config import load_experiment
-from cnnlab.parallel import differences, group_trials, train_stacked
-from cnnlab.runs import Checkpoints, read_metrics
-from cnnlab.train import prepare, train
+import cnnlab
+from cnnlab import load_experiment
+from cnnlab.hyper import first_difference
+from cnnlab.parallel import group_trials, train_stacked
+from cnnlab.runs import read_metrics
 
 SHORT = TINY_EXPERIMENT.replace("steps: 40", "steps: 20")
 
 
 def latest_params(run):
-    experiment = load_experiment(run / "config.yaml")
-    checkpoints = Checkpoints(run)
-    state = checkpoints.restore("latest", prepare(experiment).trainer.init(experiment.train.seed))
-    checkpoints.close()
-    return jax.tree.leaves(state.params)
+    return jax.tree.leaves(cnnlab.open_run(run).restore("latest").state.params)
 
 
 def test_stacked_trials_match_trials_trained_alone(tmp_path):
@@ -38,7 +35,7 @@ def test_stacked_trials_match_trials_trained_alone(tmp_path):
     summaries = train_stacked(experiments, stacked, log=lambda message: None)
     assert [s["status"] for s in summaries] == ["completed", "completed"]
     for index, experiment in enumerate(experiments):
-        alone = train(experiment, run_dir=tmp_path / f"alone{index}").run_dir
+        alone = cnnlab.train(experiment, run_dir=tmp_path / f"alone{index}").path
         together, single = read_metrics(stacked[index]), read_metrics(alone)
         assert [(r["step"], r["split"]) for r in together] == [
             (r["step"], r["split"]) for r in single
@@ -54,8 +51,9 @@ def test_trials_that_change_the_program_are_not_stacked(tmp_path):
     path = write(tmp_path / "short.yaml", SHORT)
     same = [load_experiment(path, [f"optimizer.lr={lr}"]) for lr in (0.1, 0.2, 0.3)]
     other = load_experiment(path, ["model={family: mlp, preset: tiny}"])
-    assert differences(same)[1] is None
-    assert "model.family" in differences([same[0], other])[1]
+    assert first_difference(same[0], same[1]) is None
+    assert first_difference(same[0], same[2]) is None
+    assert first_difference(same[0], other) == "model.family"
     groups, reasons = group_trials([*same, other], limit=2)
     assert groups == [[0, 1], [2], [3]]
     assert any("model.family" in reason for reason in reasons)
@@ -71,3 +69,39 @@ def test_sweep_with_parallel_trains_trials_together(tmp_path, cli):
     folder = next((tmp_path / "runs").glob("*sweep*"))
     statuses = [json.loads(p.read_text())["status"] for p in folder.rglob("summary.json")]
     assert statuses == ["completed", "completed"]
+
+
+def test_interrupted_stacked_trials_resume_from_their_checkpoints(tmp_path, cli, isolated_runs):
+    write(tmp_path / "short.yaml", SHORT)
+    sweep = write(
+        tmp_path / "lr.yaml",
+        "base: short.yaml\ngrid:\n  optimizer.lr: [0.003, 0.01]\nseeds: [0]\n"
+        "set: {train.steps: 400, train.eval_every_steps: 20}\n",
+    )
+
+    def trials():
+        return sorted(isolated_runs.glob("*/trials/*"))
+
+    def both_training() -> bool:
+        found = trials()
+        return len(found) == 2 and all(
+            any(row["step"] >= 40 for row in read_metrics(t)) for t in found
+        )
+
+    env = {"CNNLAB_RUNS_DIR": str(isolated_runs)}
+    assert interrupt_when(["sweep", sweep, "--parallel", "2"], both_training, env) == 130
+    summaries = [json.loads((t / "summary.json").read_text()) for t in trials()]
+    assert [s["status"] for s in summaries] == ["interrupted", "interrupted"]
+    kept = [
+        [row for row in read_metrics(t) if row["step"] <= s["steps"]]
+        for t, s in zip(trials(), summaries, strict=True)
+    ]
+
+    result = cli("sweep", sweep, "--parallel", "2")
+
+    assert "continuing 2 trials together" in result.stdout
+    for trial, before in zip(trials(), kept, strict=True):
+        rows = read_metrics(trial)
+        assert rows[: len(before)] == before  # resumed from the checkpoint, not retrained
+        assert [r["step"] for r in rows if r["split"] == "train"] == list(range(10, 401, 10))
+        assert json.loads((trial / "summary.json").read_text())["status"] == "completed"

@@ -12,7 +12,7 @@ import yaml
 from conftest import TINY_EXPERIMENT, run_dirs
 
 from cnnlab.config import experiment_from_tree
-from cnnlab.train import prepare, scores, to_device
+from cnnlab.training import prepare, scores, to_device
 
 STEPS_PER_CALL = 10
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY_EXPERIMENT, Cli, write
 from PIL import Image
 
-from cnnlab.predict import predict_files, softmax, to_input
+from cnnlab.prediction import predict_files, softmax, to_input
 
 FAST_TRAIN = (
     "train: {steps: 6, batch_size: 32, eval_every_steps: 2, log_every_steps: 2, "
@@ -68,7 +68,7 @@ def test_predict_limits_rows_to_top_k(cli, run, images):
 
 
 def test_predict_file_at_native_size_matches_the_model_on_the_array(run, tmp_path):
-    from cnnlab.evaluate import restore_run
+    from cnnlab.evaluation import restore_run
 
     _, prepared, state, _ = restore_run(run)
     digits = prepared.dataset.test.images[:2]

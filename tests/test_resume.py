@@ -16,19 +16,16 @@ import numpy as np
 from conftest import TINY_EXPERIMENT, run_dirs, write
 from PIL import Image
 
-from cnnlab.config import load_experiment
+import cnnlab
+from cnnlab.hyper import experiment_numbers
 from cnnlab.runs import Checkpoints, read_metrics
-from cnnlab.train import prepare
+from cnnlab.step import device_numbers, init_state, logits
 
 LONGER = TINY_EXPERIMENT.replace("steps: 40", "steps: 120")
 
 
 def final_params(run: Path):
-    experiment = load_experiment(run / "config.yaml")
-    checkpoints = Checkpoints(run)
-    state = checkpoints.restore("latest", prepare(experiment).trainer.init(experiment.train.seed))
-    checkpoints.close()
-    return state
+    return cnnlab.open_run(run).restore("latest").state
 
 
 def comparable(rows: list[dict]) -> list[tuple]:
@@ -65,7 +62,7 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run_bitwise(
         stderr=subprocess.PIPE,
     )
     try:
-        run = wait_for_step(killed_root, random.Random().choice([30, 50, 70, 90]), process)
+        run = wait_for_step(killed_root, random.Random(1129).choice([30, 50, 70, 90]), process)
     finally:
         process.kill()  # SIGKILL: no handler runs, nothing is flushed on the way out
         process.wait()
@@ -142,10 +139,10 @@ def test_batch_norm_statistics_survive_a_checkpoint_round_trip(tiny_experiment, 
     batch_norm = "model={family: resnet, preset: tiny, norm: batch}"
     cli("train", tiny_experiment, "--set", batch_norm, "--set", "train.steps=20")
     run = run_dirs(isolated_runs)[0]
-    experiment = load_experiment(run / "config.yaml")
-    trainer = prepare(experiment).trainer
-    fresh = trainer.init(experiment.train.seed)
-    restored = final_params(run)
+    restored_run = cnnlab.open_run(run).restore("latest")
+    program, restored = restored_run.program, restored_run.state
+    numbers = device_numbers(experiment_numbers(restored_run.experiment))
+    fresh = init_state(program, 0, np.asarray(restored.norm), numbers)
     statistics = jax.tree.leaves(restored.model_state)
     assert statistics, "a batch-norm model keeps running statistics in its state"
     moved = [
@@ -153,10 +150,10 @@ def test_batch_norm_statistics_survive_a_checkpoint_round_trip(tiny_experiment, 
         for a, b in zip(statistics, jax.tree.leaves(fresh.model_state), strict=True)
     ]
     assert any(moved), "training updated the running statistics, and the checkpoint kept them"
-    images = prepare(experiment).val.images[:16]
+    images = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
     assert not np.allclose(
-        trainer.logits(restored, images),
-        trainer.logits(fresh._replace(params=restored.params), images),
+        logits(program, restored, images),
+        logits(program, fresh._replace(params=restored.params), images),
     )
 
 

@@ -18,7 +18,7 @@ from cnnlab.errors import SpecError
 from cnnlab.models import INITIALIZERS, build_model, describe_model, parse_model_spec
 from cnnlab.models.initializers import image_patches
 from cnnlab.optim import eval_params
-from cnnlab.train import build_trainer, load_data, to_device
+from cnnlab.training import build_trainer, load_data, to_device
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = jax.random.key(0)

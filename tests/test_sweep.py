@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
 import pytest
-from conftest import TINY_EXPERIMENT, run_dirs, write
+from conftest import TINY_EXPERIMENT, interrupt_when, run_dirs, write
 from PIL import Image
 
-from cnnlab.runs import write_json
-from cnnlab.sweep import collect_results, load_sweep, run_sweep, trial_dir, write_results
+from cnnlab.runs import read_metrics, write_json
+from cnnlab.sweeps import collect_results, load_sweep, trial_dir, write_results
 
 # Four steps in two compiled calls of two: quick to compile, and it evaluates and checkpoints.
 FAST = "set: {train.steps: 4, train.steps_per_call: 2, train.log_every_steps: 2, train.eval_every_steps: 4}\n"
@@ -188,50 +189,52 @@ def test_resume_needs_a_sweep_folder(cli, base, tmp_path):
     assert "not a sweep folder" in result.stderr
 
 
-def test_interrupted_sweep_resumes_only_missing_trials(
-    cli, base, tmp_path, isolated_runs, monkeypatch
+# Long enough to be interrupted while the second trial trains.
+SLOW = "set: {train.steps: 400, train.eval_every_steps: 20, train.log_every_steps: 10}\n"
+
+
+def logged_step(run_dir: Path) -> int:
+    return max((row["step"] for row in read_metrics(run_dir)), default=0)
+
+
+def test_interrupted_sweep_resumes_the_interrupted_trial_from_its_checkpoint(
+    cli, base, tmp_path, isolated_runs
 ):
-    from cnnlab.train import TrainLoop
-
-    path = sweep_file(tmp_path, "grid: {optimizer.lr: [0.001, 0.01, 0.03]}\nseeds: [0]\n" + FAST)
-    real_run = TrainLoop.run
-    trained, interrupt = [], [True]
-
-    def stop_second(loop, state, data, compile_seconds):
-        trained.append(loop.experiment.optimizer.lr)
-        if len(trained) == 2 and interrupt.pop():
-            raise KeyboardInterrupt  # as Ctrl-C does, after the run folder was made
-        return real_run(loop, state, data, compile_seconds)
-
-    monkeypatch.setattr(TrainLoop, "run", stop_second)
+    path = sweep_file(tmp_path, "grid: {optimizer.lr: [0.001, 0.01, 0.03]}\nseeds: [0]\n" + SLOW)
     sweep = load_sweep(path)
-    with pytest.raises(KeyboardInterrupt):
-        run_sweep(sweep)
+
+    def second_trial_training() -> bool:
+        folders = run_dirs(isolated_runs)
+        return bool(folders) and logged_step(trial_dir(folders[0], sweep.trials[1])) >= 40
+
+    env = {"CNNLAB_RUNS_DIR": str(isolated_runs)}
+    assert interrupt_when(["sweep", path], second_trial_training, env) == 130
 
     [folder] = run_dirs(isolated_runs)
     first, second, third = (trial_dir(folder, t) for t in sweep.trials)
-    assert trained == [0.001, 0.01]
-    assert (first / "summary.json").is_file() and (second / "config.yaml").is_file()
-    assert not (second / "summary.json").exists() and not third.exists()
+    assert json.loads((second / "summary.json").read_text())["status"] == "interrupted"
+    assert not third.exists()
     statuses = [r["status"] for r in read_csv(folder / "sweep.csv")]
     assert statuses == ["completed", "interrupted", "missing"]
+    stopped_at = json.loads((second / "summary.json").read_text())["steps"]
+    kept = [row for row in read_metrics(second) if row["step"] <= stopped_at]
 
-    trained.clear()
-    interrupt.append(False)
     result = cli("sweep", path)
 
-    assert trained == [0.01, 0.03]
     assert run_dirs(isolated_runs) == [folder]
     assert "1 finished, 2 to train" in result.stdout
+    resumed = read_metrics(second)
+    assert resumed[: len(kept)] == kept  # the rows before the stop were kept, not retrained
+    train_steps = [row["step"] for row in resumed if row["split"] == "train"]
+    assert train_steps == list(range(10, 401, 10))
     rows = read_csv(folder / "sweep_settings.csv")
     assert len(rows) == 3 and all(r["seeds"] == "1" for r in rows)
     assert result.stdout.count("1/1") == 3  # the table: every setting has its seed
     best_line = next(line for line in result.stdout.splitlines() if line.startswith("best: "))
-    assert best_line.startswith(f"best: cnnlab train {base} --set train.steps=4 ")
+    assert best_line.startswith(f"best: cnnlab train {base} --set train.steps=400 ")
     assert best_line.endswith(f"--set optimizer.lr={rows[0]['optimizer.lr']}")
     trials = read_csv(folder / "sweep.csv")
     assert [r["status"] for r in trials] == ["completed"] * 3
-    assert all(0 <= float(r["best_val_accuracy"]) <= 1 for r in trials)
     assert float(rows[0]["best_val_accuracy_mean"]) == max(
         float(r["best_val_accuracy"]) for r in trials
     )

@@ -12,7 +12,7 @@ from conftest import EXPERIMENTS, REPO, run_dirs, write
 
 from cnnlab.config import load_experiment
 from cnnlab.runs import create_run_dir, read_metrics
-from cnnlab.train import train
+from cnnlab.training import train
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 CIFAR_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"

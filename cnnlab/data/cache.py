@@ -14,7 +14,9 @@ from cnnlab.data.dataset import Dataset, Split
 
 def folder_cache_dir() -> Path:
     """$CNNLAB_CACHE_DIR, else ~/.cache/cnnlab: where decoded image folders are kept."""
-    return Path(os.environ.get("CNNLAB_CACHE_DIR") or Path.home() / ".cache" / "cnnlab")
+    from cnnlab.environment import cache_dir
+
+    return cache_dir()
 
 
 def _digest(text: str, length: int) -> str:

@@ -9,7 +9,6 @@ reads them, in the same order as a dataset built by the stock builder with Tenso
 from __future__ import annotations
 
 import io
-import os
 import socket
 import urllib.parse
 from collections.abc import Callable
@@ -50,7 +49,9 @@ BATCH = 4096  # examples decoded per data-source call
 
 def default_data_dir() -> Path:
     """$TFDS_DATA_DIR, else ~/tensorflow_datasets (TFDS's own default), read at call time."""
-    return Path(os.environ.get("TFDS_DATA_DIR") or Path.home() / "tensorflow_datasets").expanduser()
+    from cnnlab.environment import tfds_data_dir
+
+    return tfds_data_dir()
 
 
 def _stock_builder_class(name: str):

@@ -73,6 +73,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(-1, keepdims=True)
 
 
+def probabilities_of(restored, images: np.ndarray) -> np.ndarray:
+    """(N, classes) probabilities of a restored run for uint8 (N, H, W, C) images."""
+    from cnnlab.step import logits
+
+    return softmax(logits(restored.program, restored.state, images))
+
+
 def top_classes(
     probabilities: np.ndarray, class_names: Sequence[str], k: int
 ) -> list[tuple[str, float]]:
@@ -84,16 +91,15 @@ def predict_files(
     run_dir: Path, paths: Sequence[Path], top_k: int = 5, checkpoint: str = "best"
 ) -> list[Prediction]:
     """The `top_k` most likely classes for each image file, from the run's checkpoint."""
-    from cnnlab.evaluate import restore_run
+    from cnnlab.training import restore
 
     if top_k < 1:
         raise UserError(f"--top-k {top_k}: give 1 or more")
     images = [open_image(Path(path)) for path in paths]  # bad files fail before the slow part
-    _, prepared, state, kind = restore_run(run_dir, checkpoint)
-    shape = prepared.dataset.image_shape
-    batch = np.stack([to_input(image, shape) for image in images])
-    probabilities = softmax(prepared.trainer.logits(state, batch))
-    names, step = prepared.dataset.class_names, int(state.step)
+    restored = restore(run_dir, checkpoint)
+    batch = np.stack([to_input(image, restored.image_shape) for image in images])
+    probabilities = probabilities_of(restored, batch)
+    names, kind, step = restored.class_names, restored.checkpoint, restored.step
     return [
         Prediction(Path(path), image.size, top_classes(row, names, top_k), kind, step)
         for path, image, row in zip(paths, images, probabilities, strict=True)

@@ -36,15 +36,15 @@ add values or seeds to a sweep); `--new` always starts afresh. A trial is finish
 summary.json says `completed`; an unfinished trial folder is deleted and trained from scratch.
 """
 
-from cnnlab.sweep.results import (
+from cnnlab.sweeps.results import (
     SweepResult,
     best_command,
     collect_results,
     sweep_table,
     write_results,
 )
-from cnnlab.sweep.runner import console_progress, run_sweep, train_trial, trial_dir
-from cnnlab.sweep.spec import Sweep, Trial, load_sweep
+from cnnlab.sweeps.runner import console_progress, run_sweep, train_trial, trial_dir
+from cnnlab.sweeps.spec import Sweep, Trial, load_sweep
 
 __all__ = [
     "Sweep",

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnlab.runs import read_json
-from cnnlab.sweep.spec import METRICS, Param, Setting, Sweep, Trial, format_value, yaml_text
+from cnnlab.sweeps.spec import METRICS, Param, Setting, Sweep, Trial, format_value, yaml_text
 
 # ---------------------------------------------------------------------------------------------
 # Results
@@ -62,6 +62,21 @@ class SweepResult:
     @property
     def complete(self) -> bool:
         return all(r.status in FINISHED for r in self.trials)
+
+    @property
+    def table(self) -> list[dict]:
+        """The ranked settings as rows: rank, the swept values, the metric's mean and std over
+        seeds, and how many seeds finished."""
+        return [
+            {
+                "rank": rank if s.scores else None,
+                **s.setting.values,
+                "mean": s.mean,
+                "std": s.std,
+                "seeds": f"{len(s.scores)}/{s.seeds_total}",
+            }
+            for rank, s in enumerate(self.settings, 1)
+        ]
 
     @property
     def best(self) -> SettingResult | None:

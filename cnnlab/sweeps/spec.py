@@ -20,12 +20,12 @@ from cnnlab.config import (
     Experiment,
     Tree,
     TreeList,
-    apply_override,
     experiment_from_tree,
     load_experiment,
     locate,
     located_error,
     read_yaml,
+    set_key,
     to_plain,
 )
 from cnnlab.errors import SpecError, UserError, suggest
@@ -412,36 +412,8 @@ def _trial_experiment(
     tree = copy.deepcopy(base_tree)
     assignments = [*fixed.items(), *setting.values.items(), (SEED_KEY, seed)]
     for key, value in assignments:
-        set_value(tree, key, to_plain(value), where.of(key, value))
+        set_key(tree, key, to_plain(value), where.of(key, value))
     try:
         return experiment_from_tree(tree)
     except SpecError as error:
         raise located_error(tree, error) from None
-
-
-def set_value(tree: Tree, key: str, value: Any, where: str) -> None:
-    """`--set key=value` on `tree`, recording `where` (a sweep file line) as its source."""
-    assignment = f"{key}={yaml_text(value)}"
-    marker = f"--set {assignment}"
-    try:
-        apply_override(tree, assignment)
-    except UserError as error:
-        raise UserError(str(error).replace(marker, where)) from None
-    node: Any = tree
-    for part in key.split("."):
-        if str(node.where.get(part, "")).startswith("--set"):
-            node.where[part] = where
-        node = node[part]
-    _restamp(node, where)
-
-
-def _restamp(node: Any, where: str) -> None:
-    if isinstance(node, Tree):
-        for key, child in node.items():
-            if str(node.where.get(key, "")).startswith("--set"):
-                node.where[key] = where
-            _restamp(child, where)
-    elif isinstance(node, TreeList):
-        node.where = [where if w.startswith("--set") else w for w in node.where]
-        for child in node:
-            _restamp(child, where)

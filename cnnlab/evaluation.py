@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cnnlab.config import load_experiment
+from cnnlab.data.dataset import Split, split_validation
 from cnnlab.errors import UserError
-from cnnlab.runs import Checkpoints, write_json
-from cnnlab.train import prepare, scores
+from cnnlab.runs import write_json
+from cnnlab.step import logits, scores
+from cnnlab.training import Restored, load_data, restore
 
 
 @dataclass
@@ -27,39 +28,30 @@ class Evaluation:
     confusion: list[list[int]]  # rows: true class, columns: predicted class
 
 
-def restore_run(run_dir: Path, checkpoint: str = "best"):
-    """The run's experiment rebuilt from its config.yaml and its state from a checkpoint.
-    `best` falls back to `latest` for runs without a validation split."""
-    if checkpoint not in ("best", "latest"):
-        raise UserError(f"--checkpoint {checkpoint}: choose best or latest")
-    if not (run_dir / "checkpoints").is_dir():  # checked first: opening them would create them
-        raise UserError(f"run {run_dir} has no checkpoint yet (it stopped before its first eval)")
-    experiment = load_experiment(run_dir / "config.yaml")
-    prepared = prepare(experiment)
-    checkpoints = Checkpoints(run_dir)
-    try:
-        kind = checkpoint if checkpoints.step(checkpoint) is not None else "latest"
-        if checkpoints.step(kind) is None:
-            raise UserError(
-                f"run {run_dir} has no checkpoint yet (it stopped before its first eval)"
-            )
-        state = checkpoints.restore(kind, prepared.trainer.init(experiment.train.seed))
-    finally:
-        checkpoints.close()
-    return experiment, prepared, state, kind
+def split_images(restored: Restored, split: str) -> Split:
+    """The run's `test` split, or the `val` split carved again from the training data with the
+    run's seed; a data source that is gone is a one-line error naming it."""
+    experiment = restored.experiment
+    dataset = load_data(experiment)
+    if split == "test":
+        return dataset.test
+    _, val = split_validation(dataset.train, experiment.data.val_fraction, experiment.train.seed)
+    return val
 
 
 def evaluate_run(run_dir: Path, split: str = "test", checkpoint: str = "best") -> Evaluation:
     """Top-1, top-5, per-class accuracy and confusion matrix; saved as eval_<split>.json."""
     if split not in ("test", "val"):
         raise UserError(f"--split {split}: choose test or val")
-    _, prepared, state, kind = restore_run(run_dir, checkpoint)
-    data = prepared.dataset.test if split == "test" else prepared.val
+    restored = restore(run_dir, checkpoint)
+    data = split_images(restored, split)
     if not len(data):
         raise UserError(f"the {split} split of run {run_dir.name} is empty")
-    logits = prepared.trainer.logits(state, data.images)
-    evaluation = summarize(logits, data.labels, prepared.dataset.class_names)
-    evaluation = Evaluation(split=split, checkpoint=kind, step=int(state.step), **evaluation)
+    found = logits(restored.program, restored.state, data.images)
+    evaluation = summarize(found, data.labels, restored.class_names)
+    evaluation = Evaluation(
+        split=split, checkpoint=restored.checkpoint, step=restored.step, **evaluation
+    )
     write_json(run_dir / f"eval_{split}.json", asdict(evaluation))
     return evaluation
 

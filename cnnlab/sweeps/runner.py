@@ -8,35 +8,33 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from cnnlab.errors import UserError
 from cnnlab.runs import create_run_dir, read_json, runs_dir, write_json
-from cnnlab.sweep.results import FINISHED, SweepResult, collect_results, trial_dir, write_results
-from cnnlab.sweep.spec import Sweep, Trial, digest
+from cnnlab.sweeps.results import FINISHED, SweepResult, collect_results, trial_dir, write_results
+from cnnlab.sweeps.spec import Sweep, Trial, digest
 
 
 def check_buildable(sweep: Sweep) -> None:
     """Build the model, optimizer and augmentation of every distinct setting against its data,
     so that a shape that does not fit fails before anything trains."""
-    from cnnlab.train import build_trainer, load_data
+    from cnnlab.training import build_program, load_data
 
     datasets: dict[str, Any] = {}
     checked: set[str] = set()
     for trial in sweep.trials:
-        raw = trial.experiment.raw
-        data_key = digest(raw.get("data"), 16)
-        parts = {k: v for k, v in raw.items() if k not in ("name", "train")}
-        build_key = digest([parts, trial.experiment.train.steps], 16)
+        experiment = trial.experiment
+        data_key = digest(experiment.raw.get("data"), 16)
+        parts = {k: v for k, v in experiment.raw.items() if k not in ("name", "train")}
+        build_key = digest([parts, experiment.train.steps], 16)
         if build_key in checked:
             continue
         checked.add(build_key)
         if data_key not in datasets:
-            datasets[data_key] = load_data(trial.experiment)
+            datasets[data_key] = load_data(experiment)
         dataset = datasets[data_key]
-        sample = dataset.train.take(np.arange(min(len(dataset.train), 8)))
-        build_trainer(trial.experiment, sample, dataset.num_classes)
+        build_program(experiment, dataset.image_shape, dataset.num_classes, len(dataset.train))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -44,35 +42,88 @@ def check_buildable(sweep: Sweep) -> None:
 
 
 Progress = Callable[[Trial], contextlib.AbstractContextManager]
-# Trains the given (trial, run folder) pairs, leaving a finished run in each folder; a future
-# trainer may train a group of compatible trials together.
-TrialTrainer = Callable[[Sequence[tuple[Trial, Path]], Progress | None], None]
+Jobs = Sequence[tuple[Trial, Path]]  # trials to train, each with its run folder
+
+
+def _same_config(trial: Trial, run_dir: Path) -> bool:
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        return False
+    return yaml.safe_load(config.read_text()) == yaml.safe_load(
+        yaml.safe_dump(trial.experiment.raw)
+    )
+
+
+def can_resume(trial: Trial, run_dir: Path) -> bool:
+    """Whether `run_dir` holds an interrupted run of exactly this trial with a checkpoint."""
+    latest = run_dir / "checkpoints" / "latest"
+    has_checkpoint = latest.is_dir() and any(p.name.isdigit() for p in latest.iterdir())
+    return has_checkpoint and _same_config(trial, run_dir)
+
+
+def _fresh(run_dir: Path) -> Path:
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    return run_dir
 
 
 def train_trial(trial: Trial, run_dir: Path, progress: Progress | None = None) -> dict:
-    """Train one trial from scratch into `run_dir` (a partial run there is deleted first)."""
-    from cnnlab.train import train
+    """Train one trial into `run_dir`: continued from its checkpoint when an interrupted run of
+    the same trial is there, else from scratch (anything else there is deleted first)."""
+    from cnnlab.training import train
 
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    resume = can_resume(trial, run_dir)
     with progress(trial) if progress else contextlib.nullcontext() as bar:
-        return train(trial.experiment, run_dir=run_dir, progress=bar).summary
+        if resume:
+            return train(trial.experiment, resume=run_dir, progress=bar).summary
+        return train(trial.experiment, run_dir=_fresh(run_dir), progress=bar).summary
 
 
-def train_in_turn(jobs: Sequence[tuple[Trial, Path]], progress: Progress | None = None) -> None:
-    """The default trainer: one trial after another. A run stopped by Ctrl-C stops the sweep."""
-    for trial, run_dir in jobs:
-        summary = train_trial(trial, run_dir, progress)
-        if summary.get("status") == "interrupted":
-            raise KeyboardInterrupt
+def train_jobs(
+    jobs: Jobs, parallel: int = 1, progress: Progress | None = None, log=lambda message: None
+) -> None:
+    """Train the trials: up to `parallel` that share a program together in one stacked
+    program, the others one after another (saying why). Ctrl-C stops the sweep after each
+    trial in training has saved its checkpoint and summary."""
+    from cnnlab.parallel import group_trials
+
+    groups, reasons = group_trials([trial.experiment for trial, _ in jobs], parallel)
+    for reason in reasons if parallel > 1 else []:
+        log(f"not stacked: {reason}")
+    for group in groups:
+        members = [jobs[i] for i in group]
+        if len(members) > 1 and _train_together(members, progress, log):
+            continue
+        for trial, run_dir in members:
+            if train_trial(trial, run_dir, progress).get("status") == "interrupted":
+                raise KeyboardInterrupt
+
+
+def _train_together(members: Jobs, progress: Progress | None, log) -> bool:
+    """Train a group stacked; False (nothing written) when it cannot stack after all."""
+    from cnnlab.parallel import train_stacked
+
+    resume = all(can_resume(trial, run_dir) for trial, run_dir in members)
+    verb = "continuing" if resume else "training"
+    log(f"{verb} {len(members)} trials together: " + ", ".join(t.label for t, _ in members))
+    run_dirs = [run_dir if resume else _fresh(run_dir) for _, run_dir in members]
+    experiments = [trial.experiment for trial, _ in members]
+    try:
+        with progress(members[0][0]) if progress else contextlib.nullcontext() as bar:
+            summaries = train_stacked(experiments, run_dirs, resume=resume, log=log, progress=bar)
+    except ValueError as reason:
+        log(f"not stacked: {reason}; training them one after another")
+        return False
+    if any(summary.get("status") == "interrupted" for summary in summaries):
+        raise KeyboardInterrupt
+    return True
 
 
 def trial_finished(trial: Trial, run_dir: Path) -> bool:
     """Whether `run_dir` holds a completed run of exactly this trial's experiment."""
     if read_json(run_dir / "summary.json").get("status") not in FINISHED:
         return False
-    trained = yaml.safe_load((run_dir / "config.yaml").read_text())
-    if trained != yaml.safe_load(yaml.safe_dump(trial.experiment.raw)):
+    if not _same_config(trial, run_dir):
         raise UserError(
             f"{run_dir} was trained with another config than the sweep file now gives trial "
             f"{trial.id}; start a new sweep folder (leave out --resume)"
@@ -139,14 +190,14 @@ def run_sweep(
     *,
     resume: Path | None = None,
     new: bool = False,
-    trainer: TrialTrainer = train_in_turn,
+    parallel: int = 1,
     progress: Progress | None = None,
     log: Callable[[str], None] = lambda message: None,
 ) -> SweepResult:
     """Train the sweep's unfinished trials and write its results (also when interrupted).
 
-    Every trial is checked before the folder is chosen or anything trains; `trainer` gets the
-    (trial, run folder) pairs still to train.
+    Every trial is checked before the folder is chosen or anything trains. With `parallel` > 1,
+    up to that many trials that share a program train stacked (see cnnlab.parallel).
     """
     check_buildable(sweep)
     folder = open_sweep_dir(sweep, resume, new)
@@ -158,7 +209,7 @@ def run_sweep(
     )
     log(f"sweep folder: {folder}")
     try:
-        trainer(pending, progress)
+        train_jobs(pending, parallel, progress, log)
     except KeyboardInterrupt:
         result = collect_results(sweep, folder, pending)
         write_results(result)

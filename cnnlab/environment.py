@@ -1,0 +1,43 @@
+"""The environment cnnlab reads, in one place, and the one-time set-up of JAX.
+
+| variable | meaning | default |
+|---|---|---|
+| CNNLAB_RUNS_DIR | where run and sweep folders go | ./runs |
+| CNNLAB_CACHE_DIR | decoded datasets and compiled programs | ~/.cache/cnnlab |
+| TFDS_DATA_DIR | prepared TFDS datasets (TFDS's own variable) | ~/tensorflow_datasets |
+| JAX_COMPILATION_CACHE_DIR | JAX's own; wins over the cache under CNNLAB_CACHE_DIR | |
+
+Nothing happens at import: the CLI and the Python API call `configure()` before they work.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _path(variable: str, default: Path) -> Path:
+    """The variable's value as a path; unset or empty means the default."""
+    return Path(os.environ.get(variable) or default).expanduser()
+
+
+def runs_dir() -> Path:
+    return _path("CNNLAB_RUNS_DIR", Path("runs"))
+
+
+def cache_dir() -> Path:
+    return _path("CNNLAB_CACHE_DIR", Path.home() / ".cache" / "cnnlab")
+
+
+def tfds_data_dir() -> Path:
+    return _path("TFDS_DATA_DIR", Path.home() / "tensorflow_datasets")
+
+
+def configure() -> None:
+    """Keep compiled programs on disk, so a second run of an experiment skips most compiling.
+    A cache directory the user chose for JAX wins. Safe to call more than once."""
+    import jax
+
+    if jax.config.jax_compilation_cache_dir is None:
+        jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "jax"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

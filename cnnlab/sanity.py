@@ -1,0 +1,117 @@
+"""The sanity check: can the model memorise a few training samples?"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from cnnlab.config import Experiment
+from cnnlab.data.dataset import Split
+from cnnlab.diagnostics import explain_overfit_failure
+from cnnlab.hyper import experiment_numbers
+from cnnlab.loop import Cadence, run
+from cnnlab.step import (
+    Program,
+    channel_stats,
+    device_numbers,
+    init_state,
+    logits,
+    scores,
+    to_device,
+    unit_stats,
+)
+from cnnlab.training import build_program, load_data
+
+
+@dataclass
+class OverfitResult:
+    samples: int
+    memorised: bool
+    step: int | None  # the step at which every sample was classified correctly
+    steps_run: int
+    losses: list[tuple[int, float]]  # (step, loss) at each check
+    accuracy: float
+    notes: tuple[str, ...] = ()
+    diagnosis: str | None = None  # why it failed, when it did
+
+
+class OverfitRecord:
+    """Checks the samples in evaluation mode after every call; ends the loop once all are
+    classified correctly or the loss is no longer finite."""
+
+    def __init__(self, program: Program, subset: Split):
+        self.program, self.subset = program, subset
+        self.last_train: dict = {}
+        self.last_val: dict = {}
+        self.layers: dict | None = None  # per-layer statistics of the latest logged step
+        self.losses: list[tuple[int, float]] = []
+        self.result: dict = {}
+
+    def check(self, step: int, state) -> str | None:
+        self.result = scores(logits(self.program, state, self.subset.images), self.subset.labels)
+        self.losses.append((step, self.result["loss"]))
+        if self.result["accuracy"] == 1.0:
+            return "memorised"
+        return None if math.isfinite(self.result["loss"]) else "diverged"
+
+    def log(self, step, series, layers, images_per_sec, wall):
+        if layers is not None:
+            self.layers = layers
+        return None if series["finite"].all() else "diverged"
+
+    def evaluate(self, step, state, wall, final):
+        return self.check(step, state)
+
+
+def overfit(experiment: Experiment, samples: int, max_steps: int = 1000) -> OverfitResult:
+    """Train on `samples` training examples (no augmentation, no validation) until the model
+    classifies all of them correctly in evaluation mode, or `max_steps` pass."""
+    dataset = load_data(experiment)
+    chosen = np.random.default_rng(experiment.train.seed).permutation(len(dataset.train))[:samples]
+    subset = dataset.train.take(np.sort(chosen))
+    program = build_program(
+        experiment, dataset.image_shape, dataset.num_classes, len(subset),
+        augment=False, steps=max_steps,
+    )  # fmt: skip
+    numbers = device_numbers(experiment_numbers(experiment))
+    norm = (
+        channel_stats(subset.images)
+        if experiment.data.normalize
+        else unit_stats(dataset.image_shape[-1])
+    )
+    state = init_state(program, experiment.train.seed, norm, numbers, subset.images)
+    record = OverfitRecord(program, subset)
+    every = min(experiment.train.steps_per_call, max_steps)
+    outcome = record.check(0, state)
+    if outcome is None:
+        cadence = Cadence(max_steps, every, log_every=every, eval_every=every)
+        data = to_device(subset.images, subset.labels)
+        _, (ending,) = run(program, state, data, numbers, [record], cadence)
+        outcome = ending.status
+    memorised = outcome == "memorised"
+    steps_run = record.losses[-1][0]
+    return OverfitResult(
+        samples=len(subset),
+        memorised=memorised,
+        step=steps_run if memorised else None,
+        steps_run=steps_run,
+        losses=record.losses,
+        accuracy=record.result["accuracy"],
+        notes=program.model.notes,
+        diagnosis=None if memorised else _diagnosis(record, subset),
+    )
+
+
+def _diagnosis(record: OverfitRecord, subset: Split) -> str:
+    stats = dict(record.layers or {})
+    model = stats.pop("_model", {})
+    ratios = [float(v["update_ratio"]) for v in stats.values() if np.isfinite(v["update_ratio"])]
+    grad_norm = float(np.sqrt(sum(float(v["grad_norm"]) ** 2 for v in stats.values())))
+    counts = np.bincount(subset.labels) / len(subset)
+    label_entropy = float(-(counts[counts > 0] * np.log(counts[counts > 0])).sum())
+    dead = float(model["dead_relu"]) if "dead_relu" in model else None
+    return explain_overfit_failure(
+        record.losses, label_entropy, max(ratios, default=0.0), grad_norm, dead
+    )

@@ -1,0 +1,321 @@
+"""The pure training step: an explicit state, the numbers as data, one step, evaluation logits.
+
+A `Program` is what a step computes, fixed at compile time (model, optimizer and augmentation
+structure, shapes, precision). The numbers a step computes with (learning rate and its schedule,
+optimizer arguments, augmentation strengths, label smoothing: see cnnlab.hyper) come in as
+data, so trials that differ only in numbers share one compiled program, stacked under `vmap`.
+
+The whole training split lives on the device as uint8; each step gathers its batch there from
+a seeded per-epoch permutation. `steps_program` runs several steps in one compiled call.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from cnnlab.augment import Augment, AugmentSpec, build_augment
+from cnnlab.diagnostics import dead_fraction, layer_stats
+from cnnlab.hyper import Numbers, with_numbers
+from cnnlab.models.base import Model
+from cnnlab.optim import OptimizerSpec, build_optimizer, eval_params
+
+EVAL_BATCH = 500
+
+
+class TrainState(NamedTuple):
+    """Everything that changes during training; a checkpoint is exactly this."""
+
+    step: jax.Array  # int32 scalar: steps taken
+    params: Any
+    model_state: Any  # batch statistics, rng streams
+    opt_state: Any
+    key: jax.Array  # the run's root key; each step folds in its own number
+    order: jax.Array  # (N,) int32: this epoch's order of the training examples
+    norm: jax.Array  # (2, C): per-channel mean and std that standardise the inputs
+
+
+class Data(NamedTuple):
+    """A split on the device."""
+
+    images: jax.Array  # (N, H, W, C) uint8
+    labels: jax.Array  # (N,) int32
+
+
+@dataclass(frozen=True, eq=False)
+class Program:
+    """What a training step computes, apart from the numbers: fixed when it compiles."""
+
+    model: Model
+    optimizer: OptimizerSpec  # its numbers are replaced by the step's inputs
+    augment: tuple[AugmentSpec, ...]  # likewise
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    num_examples: int  # of the training split
+    batch_size: int
+    total_steps: int  # schedules span these
+    precision: str = "float32"
+    test_time_flip: bool = False
+    compiled: dict = field(default_factory=dict, repr=False)  # (count, stacked) -> executable
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_examples // self.batch_size
+
+    @property
+    def compute_dtype(self):
+        return jnp.bfloat16 if self.precision == "bf16" else jnp.float32
+
+    def optimizer_for(self, numbers: Numbers) -> tuple[optax.GradientTransformation, Any]:
+        spec = with_numbers(self.optimizer, numbers, "optimizer")
+        return build_optimizer(spec, self.total_steps, self.model.frozen)
+
+    def augment_for(self, numbers: Numbers) -> Augment:
+        specs = with_numbers(self.augment, numbers, "augment")
+        return Augment(specs, self.image_shape, self.num_classes)
+
+    def check(self) -> None:
+        """Shape problems of the augmentation, found with the concrete numbers."""
+        build_augment(self.augment, self.image_shape, self.num_classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# State
+
+
+def init_state(program: Program, seed: int, norm: np.ndarray, numbers: Numbers, sample=None):
+    """The state before the first step. `sample`: training images for parameters computed from
+    data (whitening); leave it out when a checkpoint will replace the parameters."""
+    with_sample = sample is not None and program.model.data_init is not None
+    key = ("init", with_sample)
+    if key not in program.compiled:
+        # Compiled: run eagerly, each initialiser's few ops would compile one by one.
+        program.compiled[key] = jax.jit(
+            lambda seed, norm, numbers, sample: _init(program, seed, norm, numbers, sample)
+        )
+    return program.compiled[key](seed, norm, numbers, sample if with_sample else None)
+
+
+def _init(program: Program, seed, norm, numbers, sample) -> TrainState:
+    init_key, root_key = jax.random.split(jax.random.key(seed))
+    params, model_state = program.model.init(init_key)
+    if sample is not None:
+        x = standardize(norm, preprocess(sample))
+        params = program.model.data_init(params, model_state, x)
+    tx, _ = program.optimizer_for(numbers)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        model_state=model_state,
+        opt_state=tx.init(params),
+        key=root_key,
+        order=jnp.arange(program.num_examples, dtype=jnp.int32),
+        norm=jnp.asarray(norm, jnp.float32),
+    )
+
+
+def channel_stats(images: np.ndarray) -> np.ndarray:
+    """(2, C): per-channel mean and std of uint8 images, on the [0, 1] scale."""
+    scaled = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    return np.stack([scaled.mean(0), np.maximum(scaled.std(0), 1e-3)]).astype(np.float32)
+
+
+def unit_stats(channels: int) -> np.ndarray:
+    """Mean 0, std 1: inputs stay on the [0, 1] scale."""
+    return np.stack([np.zeros(channels), np.ones(channels)]).astype(np.float32)
+
+
+def preprocess(images: jax.Array) -> jax.Array:
+    return images.astype(jnp.float32) / 255.0
+
+
+def standardize(norm: jax.Array, x: jax.Array) -> jax.Array:
+    return (x - norm[0]) / norm[1]
+
+
+def forward(program: Program, params, model_state, x, *, train: bool, key):
+    """The model in the compute precision; logits come back in float32."""
+    if program.compute_dtype != jnp.float32:
+        params = jax.tree.map(lambda p: p.astype(program.compute_dtype), params)
+        x = x.astype(program.compute_dtype)
+    logits, model_state = program.model.apply(params, model_state, x, train=train, key=key)
+    return logits.astype(jnp.float32), model_state
+
+
+# ---------------------------------------------------------------------------------------------
+# One step
+
+
+def _batch(program: Program, state: TrainState):
+    """This epoch's order, this step's example indices, and this step's key."""
+    order_key, step_key = jax.random.split(state.key)
+    epoch, position = jnp.divmod(state.step, program.steps_per_epoch)
+    order = jax.lax.cond(
+        position == 0,
+        lambda: jax.random.permutation(jax.random.fold_in(order_key, epoch), program.num_examples),
+        lambda: state.order,
+    )
+    index = jax.lax.dynamic_slice_in_dim(order, position * program.batch_size, program.batch_size)
+    return order, index, jax.random.fold_in(step_key, state.step)
+
+
+def train_step(program: Program, state: TrainState, data: Data, numbers: Numbers, with_stats=False):
+    """One optimizer step on this step's batch -> (state, metrics). A non-finite loss or
+    gradient leaves the state as it was. With `with_stats` (a traced bool) the metrics carry
+    per-layer statistics of this very step under "layers"; zeros otherwise."""
+    order, index, key = _batch(program, state)
+    augment_key, model_key = jax.random.split(key)
+    labels = data.labels[index]
+    x, targets = program.augment_for(numbers)(
+        augment_key, preprocess(data.images[index]), jax.nn.one_hot(labels, program.num_classes)
+    )
+    x = standardize(state.norm, x)
+    smoothing = numbers["train.label_smoothing"]
+    targets = targets * (1 - smoothing) + smoothing / program.num_classes
+
+    def loss_fn(params):
+        logits, model_state = forward(
+            program, params, state.model_state, x, train=True, key=model_key
+        )
+        return optax.softmax_cross_entropy(logits, targets).mean(), (logits, model_state)
+
+    (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    tx, schedule = program.optimizer_for(numbers)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    updated = state._replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        model_state=model_state,
+        opt_state=opt_state,
+        order=order,
+    )
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    metrics = {
+        "step": state.step,
+        "loss": loss,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+        "lr": schedule(state.step),
+        "grad_norm": grad_norm,
+        "finite": finite,
+    }
+    stats = _layer_statistics(program, state, grads, updates, x)
+    # A cond on an unbatched flag stays a branch under vmap: the statistics cost nothing on
+    # the steps that do not report them.
+    metrics["layers"] = jax.lax.cond(
+        with_stats, stats, lambda: jax.tree.map(jnp.zeros_like, jax.eval_shape(stats))
+    )
+    return jax.lax.cond(finite, lambda: updated, lambda: state), metrics
+
+
+def _layer_statistics(program: Program, state: TrainState, grads, updates, x):
+    """A thunk for the per-layer statistics of a step (run only when they are wanted)."""
+
+    def stats():
+        values = layer_stats(state.params, grads, updates)
+        if program.model.activations is not None:
+            taps = program.model.activations(state.params, state.model_state, x)
+            dead = [dead_fraction(a) for a in taps]
+            values["_model"] = {"dead_relu": jnp.mean(jnp.stack(dead)) if dead else jnp.zeros(())}
+        return values
+
+    return stats
+
+
+def on_cpu() -> bool:
+    return jax.default_backend() == "cpu"
+
+
+def compiler_options() -> dict | None:
+    # On XLA:CPU, YNNPACK fusion makes training steps 1.3-1.75x slower (but evaluation faster),
+    # so it is switched off for the training program only.
+    return {"xla_cpu_experimental_ynn_fusion_type": ""} if on_cpu() else None
+
+
+def steps_program(program: Program, count: int, state, data, numbers, *, stacked: bool = False):
+    """The compiled call `(state, data, numbers, with_stats) -> (state, metrics)` that takes
+    `count` steps; the state is donated; with `with_stats` the last step reports per-layer
+    statistics. `stacked`: state, data and numbers have a leading trial axis (vmap). Compiled
+    once per count, for arguments shaped like these."""
+    key = (count, stacked)
+    if key not in program.compiled:
+
+        def steps(state, data, numbers, with_stats):
+            def body(state, index):
+                wanted = with_stats & (index == count - 1)
+                return train_step(program, state, data, numbers, wanted)
+
+            # XLA:CPU runs a rolled scan around convolutions ~17x slower; unrolled it is fastest.
+            return jax.lax.scan(body, state, jnp.arange(count), unroll=count if on_cpu() else 1)
+
+        run = jax.vmap(steps, in_axes=(0, 0, 0, None)) if stacked else steps
+        jitted = jax.jit(run, donate_argnums=0, compiler_options=compiler_options())
+        flag = jnp.zeros((), bool)
+        program.compiled[key] = jitted.lower(state, data, numbers, flag).compile()
+    return program.compiled[key]
+
+
+def compile_run(
+    program, state, data, numbers, first: int, steps: int, per_call: int, stacked=False
+):
+    """Compile every call a run from step `first` to `steps` needs (the full call, and a shorter
+    last one when the steps do not divide evenly); returns the seconds spent."""
+    started = time.perf_counter()
+    for count in {min(per_call, steps - first), (steps - first) % per_call} - {0}:
+        steps_program(program, count, state, data, numbers, stacked=stacked)
+    return time.perf_counter() - started
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def eval_logits(program: Program, state: TrainState, images: jax.Array) -> jax.Array:
+    """Evaluation-mode logits of uint8 images: the weight average or slow weights when the
+    optimizer keeps them, the mirror averaged in with test-time flips."""
+    x = standardize(state.norm, preprocess(images))
+    params = eval_params(state.params, state.opt_state)
+
+    def logits_of(x):
+        return forward(program, params, state.model_state, x, train=False, key=jax.random.key(0))[0]
+
+    if program.test_time_flip:
+        return (logits_of(x) + logits_of(x[:, :, ::-1])) / 2
+    return logits_of(x)
+
+
+def logits(program: Program, state: TrainState, images: np.ndarray) -> np.ndarray:
+    """Evaluation-mode logits for uint8 images, in fixed-size batches (one compiled shape)."""
+    if "eval" not in program.compiled:
+        program.compiled["eval"] = jax.jit(lambda s, x: eval_logits(program, s, x))
+    count = len(images)
+    batch = min(EVAL_BATCH, max(count, 1))
+    padded = np.concatenate([images, np.zeros((-count % batch, *images.shape[1:]), images.dtype)])
+    device_images = jax.device_put(padded)
+    outputs = [
+        program.compiled["eval"](state, device_images[start : start + batch])
+        for start in range(0, len(padded), batch)
+    ]
+    return np.asarray(jnp.concatenate(outputs))[:count]
+
+
+def scores(logits: np.ndarray, labels: np.ndarray) -> dict:
+    """Mean cross-entropy and top-1 accuracy, computed on the host."""
+    log_probs = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+    loss = -log_probs[np.arange(len(labels)), labels].mean()
+    return {"loss": float(loss), "accuracy": float((logits.argmax(-1) == labels).mean())}
+
+
+def to_device(images: np.ndarray, labels: np.ndarray) -> Data:
+    return Data(jax.device_put(images), jax.device_put(labels.astype(np.int32)))
+
+
+def device_numbers(numbers: Numbers) -> Numbers:
+    """The numbers as float32 device scalars (or rows, for stacked trials)."""
+    return {key: jnp.asarray(value, jnp.float32) for key, value in numbers.items()}
