@@ -59,7 +59,11 @@ class OverfitRecord:
     def log(self, step, series, layers, images_per_sec, wall):
         if layers is not None:
             self.layers = layers
-        return None if series["finite"].all() else "diverged"
+        if series["finite"].all():
+            return None
+        # The state stays at the last finite step; the failing step's loss is the evidence.
+        self.losses.append((int(series["step"][~series["finite"]][0]) + 1, float("inf")))
+        return "diverged"
 
     def evaluate(self, step, state, wall, final):
         return self.check(step, state)
@@ -91,7 +95,7 @@ def overfit(experiment: Experiment, samples: int, max_steps: int = 1000) -> Over
         _, (ending,) = run(program, state, data, numbers, [record], cadence)
         outcome = ending.status
     memorised = outcome == "memorised"
-    steps_run = record.losses[-1][0]
+    steps_run = record.losses[-1][0]  # for a divergence, the failing step
     return OverfitResult(
         samples=len(subset),
         memorised=memorised,

@@ -139,11 +139,16 @@ def standardize(norm: jax.Array, x: jax.Array) -> jax.Array:
     return (x - norm[0]) / norm[1]
 
 
+def _in_compute_dtype(program: Program, params, x):
+    if program.compute_dtype == jnp.float32:
+        return params, x
+    cast = jax.tree.map(lambda p: p.astype(program.compute_dtype), params)
+    return cast, x.astype(program.compute_dtype)
+
+
 def forward(program: Program, params, model_state, x, *, train: bool, key):
     """The model in the compute precision; logits come back in float32."""
-    if program.compute_dtype != jnp.float32:
-        params = jax.tree.map(lambda p: p.astype(program.compute_dtype), params)
-        x = x.astype(program.compute_dtype)
+    params, x = _in_compute_dtype(program, params, x)
     logits, model_state = program.model.apply(params, model_state, x, train=train, key=key)
     return logits.astype(jnp.float32), model_state
 
@@ -220,7 +225,8 @@ def _layer_statistics(program: Program, state: TrainState, grads, updates, x):
     def stats():
         values = layer_stats(state.params, grads, updates)
         if program.model.activations is not None:
-            taps = program.model.activations(state.params, state.model_state, x)
+            params, inputs = _in_compute_dtype(program, state.params, x)
+            taps = program.model.activations(params, state.model_state, inputs)
             dead = [dead_fraction(a) for a in taps]
             values["_model"] = {"dead_relu": jnp.mean(jnp.stack(dead)) if dead else jnp.zeros(())}
         return values

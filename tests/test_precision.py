@@ -12,7 +12,8 @@ import yaml
 from conftest import TINY_EXPERIMENT, run_dirs
 
 from cnnlab.config import experiment_from_tree
-from cnnlab.training import prepare, scores, to_device
+from cnnlab.step import device_numbers, logits, scores, steps_program, to_device, train_step
+from cnnlab.training import setup
 
 STEPS_PER_CALL = 10
 
@@ -26,7 +27,7 @@ def tiny(precision: str):
 @pytest.fixture(scope="module")
 def prepared() -> dict:
     """The tiny experiment in both precisions: same data, same initial weights."""
-    return {precision: prepare(tiny(precision)) for precision in ("float32", "bf16")}
+    return {precision: setup(tiny(precision)) for precision in ("float32", "bf16")}
 
 
 def float_leaves(tree) -> list[jax.Array]:
@@ -35,18 +36,21 @@ def float_leaves(tree) -> list[jax.Array]:
 
 def train_calls(prepared, calls: int):
     """The state after `calls` compiled calls, and each call's per-step losses."""
-    trainer = prepared.trainer
-    state, data = trainer.init(0), to_device(prepared.train)
-    program = trainer.program(STEPS_PER_CALL, state, data)
+    state = prepared.initial_state()
+    data, numbers = (
+        to_device(prepared.train.images, prepared.train.labels),
+        device_numbers(prepared.numbers),
+    )
+    call = steps_program(prepared.program, STEPS_PER_CALL, state, data, numbers)
     losses = []
     for _ in range(calls):
-        state, metrics = program(state, data)
+        state, metrics = call(state, data, numbers, np.bool_(False))
         losses.append(np.asarray(metrics["loss"]))
     return state, losses
 
 
 def test_bf16_keeps_parameters_and_optimizer_state_in_float32(prepared):
-    initial = prepared["bf16"].trainer.init(0)
+    initial = prepared["bf16"].initial_state()
     state, _ = train_calls(prepared["bf16"], calls=2)
     assert int(state.step) == 2 * STEPS_PER_CALL
     params, moments = float_leaves(state.params), float_leaves(state.opt_state)
@@ -60,14 +64,14 @@ def test_bf16_keeps_parameters_and_optimizer_state_in_float32(prepared):
 
 def test_bf16_logits_and_loss_are_close_to_float32_on_the_same_init(prepared):
     full, half = prepared["float32"], prepared["bf16"]
-    full_state, half_state = full.trainer.init(0), half.trainer.init(0)
+    full_state, half_state = full.initial_state(), half.initial_state()
     for a, b in zip(
         jax.tree.leaves(full_state.params), jax.tree.leaves(half_state.params), strict=True
     ):
         np.testing.assert_array_equal(a, b)
     images, labels = full.val.images, full.val.labels
-    full_logits = full.trainer.logits(full_state, images)
-    half_logits = half.trainer.logits(half_state, images)
+    full_logits = logits(full.program, full_state, images)
+    half_logits = logits(half.program, half_state, images)
     assert half_logits.dtype == np.float32
     difference = np.abs(full_logits - half_logits).max()
     scale = np.abs(full_logits).max()
@@ -100,9 +104,10 @@ def primitives_with_dtypes(jaxpr) -> list[tuple[str, tuple]]:
 
 @pytest.mark.parametrize("precision, dtype", [("bf16", jnp.bfloat16), ("float32", jnp.float32)])
 def test_train_step_runs_convolutions_and_matmuls_in_the_compute_dtype(prepared, precision, dtype):
-    trainer = prepared[precision].trainer
-    state, data = trainer.init(0), to_device(prepared[precision].train)
-    jaxpr = jax.make_jaxpr(trainer.train_step)(state, data).jaxpr
+    built = prepared[precision]
+    state, data = built.initial_state(), to_device(built.train.images, built.train.labels)
+    step = lambda s, d, n: train_step(built.program, s, d, n, True)  # noqa: E731
+    jaxpr = jax.make_jaxpr(step)(state, data, device_numbers(built.numbers)).jaxpr
     heavy = [
         dtypes
         for name, dtypes in primitives_with_dtypes(jaxpr)

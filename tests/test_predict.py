@@ -10,7 +10,9 @@ import pytest
 from conftest import TINY_EXPERIMENT, Cli, write
 from PIL import Image
 
-from cnnlab.prediction import predict_files, softmax, to_input
+import cnnlab
+from cnnlab.data import load_dataset
+from cnnlab.prediction import predict_files, to_input
 
 FAST_TRAIN = (
     "train: {steps: 6, batch_size: 32, eval_every_steps: 2, log_every_steps: 2, "
@@ -68,16 +70,16 @@ def test_predict_limits_rows_to_top_k(cli, run, images):
 
 
 def test_predict_file_at_native_size_matches_the_model_on_the_array(run, tmp_path):
-    from cnnlab.evaluation import restore_run
-
-    _, prepared, state, _ = restore_run(run)
-    digits = prepared.dataset.test.images[:2]
+    digits = load_dataset("digits").test.images[:2]
     paths = []
     for index, image in enumerate(digits):
         paths.append(tmp_path / f"digit{index}.png")
         Image.fromarray(image[..., 0], "L").save(paths[-1])
-    expected = softmax(prepared.trainer.logits(state, digits))
-    names = prepared.dataset.class_names
+    expected = cnnlab.predict(run, digits)
+    assert expected.shape == (2, 10) and np.allclose(expected.sum(-1), 1, atol=1e-5)
+    floats = cnnlab.predict(run, digits[0].astype(np.float32) / 255)  # one float image
+    np.testing.assert_allclose(floats[0], expected[0], atol=1e-6)
+    names = cnnlab.open_run(run).restore().class_names
     predictions = predict_files(run, paths, top_k=10)
     for prediction, probabilities in zip(predictions, expected, strict=True):
         got = np.array([p for _, p in sorted(prediction.top, key=lambda t: names.index(t[0]))])
@@ -110,3 +112,37 @@ def test_unreadable_image_is_one_line_error(cli, run, tmp_path):
 def test_unknown_run_is_one_line_error(cli, images):
     result = cli("predict", "no-such-run", images["rgb"], expect=2)
     assert "no run matches 'no-such-run'" in result.stderr
+
+
+def test_a_run_predicts_after_its_dataset_is_gone_and_eval_says_what_is_missing(
+    cli, tmp_path, isolated_runs
+):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "shapes"
+    for split, count in (("train", 12), ("test", 4)):
+        for name, level in (("dark", 40), ("light", 220)):
+            (data / split / name).mkdir(parents=True)
+            for index in range(count):
+                pixels = np.clip(rng.normal(level, 10, (8, 8, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(data / split / name / f"{index}.png")
+    experiment = write(
+        tmp_path / "folder.yaml",
+        TINY_EXPERIMENT.replace(
+            "{source: digits, val_fraction: 0.1}", f"{{source: folder, path: {data}}}"
+        ).replace("steps: 40", "steps: 20"),
+    )
+    cli("train", experiment)
+    (run,) = isolated_runs.iterdir()
+    probe = np.asarray(Image.open(data / "test" / "light" / "0.png"))
+    import shutil
+
+    shutil.rmtree(data)
+    probabilities = cnnlab.predict(run, probe)
+    assert probabilities.shape == (1, 2) and probabilities.sum() == pytest.approx(1, abs=1e-5)
+    image = write(tmp_path / "probe.png", "")
+    Image.fromarray(probe).save(image)
+    out = cli("predict", run, image, "--top-k", "2").stdout
+    assert "dark" in out and "light" in out
+    missing = cli("eval", run, expect=2)
+    assert str(data) in missing.stderr and "Traceback" not in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1

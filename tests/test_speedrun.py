@@ -15,10 +15,21 @@ import yaml
 from cnnlab.config import load_experiment
 from cnnlab.data.dataset import Split
 from cnnlab.errors import SpecError
+from cnnlab.hyper import experiment_numbers
 from cnnlab.models import INITIALIZERS, build_model, describe_model, parse_model_spec
 from cnnlab.models.initializers import image_patches
 from cnnlab.optim import eval_params
-from cnnlab.training import build_trainer, load_data, to_device
+from cnnlab.step import (
+    channel_stats,
+    device_numbers,
+    init_state,
+    logits,
+    preprocess,
+    standardize,
+    steps_program,
+    to_device,
+)
+from cnnlab.training import WHITENING_SAMPLE, build_program, setup
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = jax.random.key(0)
@@ -82,15 +93,16 @@ def digits_experiment(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A trainer on digits, its state after init, and its state after four training steps."""
+    """Digits built for the experiment, its state after init, and after four training steps."""
     experiment = load_experiment(digits_experiment(tmp_path_factory.mktemp("speedrun")))
-    dataset = load_data(experiment)
-    trainer = build_trainer(experiment, dataset.train, dataset.num_classes)
-    start = trainer.init(0)
+    built = setup(experiment)
+    start = built.initial_state()
     before = jax.device_get(start)  # the program donates `start`
-    data = to_device(dataset.train)
-    after, _ = trainer.program(4, start, data)(start, data)
-    return trainer, before, jax.device_get(after)
+    data = to_device(built.train.images, built.train.labels)
+    numbers = device_numbers(built.numbers)
+    call = steps_program(built.program, 4, start, data, numbers)
+    after, _ = call(start, data, numbers, np.bool_(False))
+    return built, before, jax.device_get(after)
 
 
 def whiten_kernel(params) -> np.ndarray:
@@ -115,8 +127,8 @@ def test_the_whitening_kernel_is_computed_from_data_and_stays_frozen(trained):
 
 
 def test_the_whitening_conv_decorrelates_the_sample_to_unit_variance(trained):
-    trainer, before, _ = trained
-    x = trainer.standardize(before.norm, trainer.preprocess(trainer.sample))
+    built, before, _ = trained
+    x = standardize(before.norm, preprocess(built.train.images[:WHITENING_SAMPLE]))
     kernel = whiten_kernel(before.params)
     responses = jax.lax.conv_general_dilated(
         x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
@@ -280,8 +292,9 @@ def test_the_speedrun_experiment_loads_and_builds():
     assert experiment.optimizer.args == {"momentum": 0.85, "nesterov": True}
     rng = np.random.default_rng(0)
     tiny = Split(rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), np.arange(16) % 10)
-    trainer = build_trainer(experiment, tiny, 10)
-    state = trainer.init(0)
+    program = build_program(experiment, (32, 32, 3), 10, len(tiny))
+    numbers = device_numbers(experiment_numbers(experiment))
+    state = init_state(program, 0, channel_stats(tiny.images), numbers, tiny.images)
     assert np.abs(whiten_kernel(state.params)).max() > 0
-    logits = trainer.logits(state, tiny.images[:4])
-    assert logits.shape == (4, 10) and np.isfinite(logits).all()
+    found = logits(program, state, tiny.images[:4])
+    assert found.shape == (4, 10) and np.isfinite(found).all()

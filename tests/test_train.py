@@ -8,11 +8,10 @@ import signal
 from pathlib import Path
 
 import pytest
-from conftest import EXPERIMENTS, REPO, run_dirs, write
+from conftest import EXPERIMENTS, REPO, TINY_EXPERIMENT, run_dirs, write
 
-from cnnlab.config import load_experiment
+import cnnlab
 from cnnlab.runs import create_run_dir, read_metrics
-from cnnlab.training import train
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 CIFAR_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -44,14 +43,8 @@ def test_overfit_failure_exits_nonzero(cli, tiny_experiment):
 def trained_run(tmp_path_factory) -> Path:
     """One real training run of the tiny experiment, shared by the read-only tests below."""
     root = tmp_path_factory.mktemp("trained")
-    path = write(
-        root / "tiny.yaml",
-        (REPO / "tests" / "conftest.py")
-        .read_text()
-        .split('TINY_EXPERIMENT = """\\\n')[1]
-        .split('"""')[0],
-    )
-    return train(load_experiment(path), runs_root=root / "runs").run_dir
+    path = write(root / "tiny.yaml", TINY_EXPERIMENT)
+    return cnnlab.train(cnnlab.load_experiment(path), run_dir=root / "runs" / "tiny").path
 
 
 def test_run_folder_holds_config_metrics_checkpoints_summary(trained_run):
@@ -77,7 +70,7 @@ def test_run_folder_holds_config_metrics_checkpoints_summary(trained_run):
     assert summary["status"] == "completed" and summary["steps"] == 40
     assert summary["best"]["step"] in (20, 40)
     assert summary["versions"]["jax"] and summary["device"]["platform"] == "cpu"
-    assert load_experiment(trained_run / "config.yaml").name == "tiny"
+    assert cnnlab.open_run(trained_run).config["name"] == "tiny"
 
 
 def test_eval_reports_top1_top5_per_class_and_confusion(trained_run, cli):
@@ -108,12 +101,12 @@ def test_ctrl_c_stops_cleanly_with_a_checkpoint(tiny_experiment, isolated_runs):
             if step == 20:
                 os.kill(os.getpid(), signal.SIGINT)
 
-    experiment = load_experiment(tiny_experiment, ["train.eval_every_steps=40"])
-    result = train(experiment, progress=InterruptAtStep20())
-    assert result.summary["status"] == "interrupted"
-    assert result.summary["steps"] == 30  # the next call boundary after Ctrl-C
-    assert (result.run_dir / "checkpoints" / "latest" / "30").is_dir()
-    assert [r["step"] for r in read_metrics(result.run_dir) if r["split"] == "val"] == [30]
+    experiment = cnnlab.load_experiment(tiny_experiment, ["train.eval_every_steps=40"])
+    run = cnnlab.train(experiment, progress=InterruptAtStep20())
+    assert run.summary["status"] == "interrupted"
+    assert run.summary["steps"] == 30  # the next call boundary after Ctrl-C
+    assert (run.path / "checkpoints" / "latest" / "30").is_dir()
+    assert [r["step"] for r in run.metrics if r["split"] == "val"] == [30]
 
 
 def test_digits_reaches_97_percent_test_accuracy(cli):
