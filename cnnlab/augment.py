@@ -319,13 +319,22 @@ class ColorJitter(AugmentSpec):
         return None
 
     def apply(self, draw, image):
-        # Every part runs, a zero amount being the identity: the amounts are traced numbers.
-        image = jnp.clip(image * self._factor(draw[0], self.brightness), 0.0, 1.0)
+        # The amounts are traced numbers, so every part is computed and a zero amount selects
+        # the image unchanged (exactly, not up to rounding).
+        def part(amount, changed):
+            return jnp.where(amount > 0, changed, image)
+
+        image = part(
+            self.brightness, jnp.clip(image * self._factor(draw[0], self.brightness), 0, 1)
+        )
         mean = jnp.mean(_grey(image))
-        image = _blend(mean, image, self._factor(draw[1], self.contrast))
+        image = part(self.contrast, _blend(mean, image, self._factor(draw[1], self.contrast)))
         if image.shape[-1] == 3:  # `problem` refused saturation and hue for other images
-            image = _blend(_grey(image), image, self._factor(draw[2], self.saturation))
-            image = _shift_hue(image, _between(draw[3], -self.hue, self.hue))
+            grey = _grey(image)
+            image = part(
+                self.saturation, _blend(grey, image, self._factor(draw[2], self.saturation))
+            )
+            image = part(self.hue, _shift_hue(image, _between(draw[3], -self.hue, self.hue)))
         return image
 
     @staticmethod
