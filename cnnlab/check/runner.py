@@ -17,13 +17,25 @@ import optax
 
 from cnnlab.check import cases as battery
 from cnnlab.check import hints as known
-from cnnlab.check.calls import grad_positions, jax_args, numpy_args, outputs, shapes, vjp
+from cnnlab.check.calls import (
+    compiled,
+    forward_backward,
+    grad_positions,
+    jax_args,
+    numpy_args,
+    outputs,
+    reference_values,
+    shapes,
+    vjp,
+)
 from cnnlab.check.catalogue import Entry, get_entry
 from cnnlab.check.learner import Learner, explain, find
 from cnnlab.check.numeric import FD_RTOL, compare, fd_coordinates, finite_differences
 from cnnlab.check.timing import Speed, layer_speed, optimizer_speed
 
 TRAJ_RTOL, TRAJ_ATOL = 1e-3, 1e-5  # 100 float32 steps: rounding adds up
+_REFERENCES: dict = {}  # (entry, case) -> reference outputs, dout, gradients
+HINT_LOOKS = 3  # failing cases (of a layer) or 2 (of an optimizer) searched for known mistakes
 
 
 @dataclass
@@ -117,20 +129,21 @@ class _Layer:
         self.values = Table("values")
         self.grads = Table("gradients vs reference")
         self.fd = Table("gradients vs finite differences")
+        self.looked = 0
 
     def hints(self, case, part, args, mine, want, dout=None):
-        if self.report.hints and any(h.case == case.name for h in self.report.hints):
+        # Each look computes every known mistake on the case; a few failing cases are enough.
+        if self.looked >= HINT_LOOKS:
             return
+        self.looked += 1
         sit = known.Situation(self.entry.name, case.name, part, jax_args(args), mine, want, dout)
         self.report.add_hints(known.detect(sit))
 
     def reference(self, case):
-        args = jax_args(case.args)
-        want = outputs(self.entry, self.entry.reference(*args))
-        rng = np.random.default_rng(7)
-        dout = rng.standard_normal(np.shape(want[0])).astype(np.float32)
-        want_grads = vjp(self.entry.reference, args, self.positions, jnp.asarray(dout))
-        return want, dout, want_grads
+        key = (self.entry.name, case.name)
+        if key not in _REFERENCES:  # both forms of a layer share the compiled reference
+            _REFERENCES[key] = reference_values(self.entry, jax_args(case.args))
+        return _REFERENCES[key]
 
     def fail(self, table: Table, case, error: BaseException, what: str) -> None:
         note = f"{what}: {explain(error, self.learner.file)}"
@@ -147,24 +160,43 @@ def check_layer(learner: Learner, entry: Entry, report: Report, speed: bool) -> 
         report.speed = layer_speed(learner, entry)
 
 
+def _call(function, args):
+    """function(*args) compiled (fast), or as written where it cannot be traced."""
+    try:
+        return compiled(function, args)()
+    except (jax.errors.JAXTypeError, jax.errors.ConcretizationTypeError):
+        return function(*args)
+
+
 def _jax_case(layer: _Layer, case) -> None:
     entry = layer.entry
     want, dout, want_grads = layer.reference(case)
     args = jax_args(case.args)
+    run = forward_backward(layer.learner.function, args, layer.positions, jnp.asarray(dout))
     try:
-        mine = outputs(entry, layer.learner.function(*args))
-    except Exception as error:  # the learner's code: any error is a finding
-        layer.fail(layer.values, case, error, "calling it")
+        out, _, mine_grads = _call(lambda *a: run(*(a[p] for p in layer.positions)), args)
+    except Exception:  # values first: an error in the backward pass alone is reported there
+        mine_grads = None
+        try:
+            out = _call(layer.learner.function, args)
+        except Exception as error:  # the learner's code: any error is a finding
+            layer.fail(layer.values, case, error, "calling it")
+            return
+    try:
+        mine = outputs(entry, out)
+    except ValueError as error:
+        layer.fail(layer.values, case, error, "its result")
         return
     row = _row(case.name, mine, want, case.args, entry.outputs)
     layer.values.rows.append(row)
     if not row.passed:
         layer.hints(case, "values", case.args, mine, want)
-    try:
-        mine_grads = vjp(layer.learner.function, args, layer.positions, jnp.asarray(dout))
-    except Exception as error:
-        layer.fail(layer.grads, case, error, "differentiating it (write it with jax.numpy)")
-        return
+    if mine_grads is None:
+        try:
+            mine_grads = vjp(layer.learner.function, args, layer.positions, jnp.asarray(dout))
+        except Exception as error:
+            layer.fail(layer.grads, case, error, "differentiating it (write it with jax.numpy)")
+            return
     row = _row(case.name, mine_grads, want_grads, case.args, [f"d{g}" for g in entry.grads])
     layer.grads.rows.append(row)
     if not row.passed:
@@ -348,6 +380,7 @@ def _trajectory_row(case, mine: np.ndarray, want: np.ndarray) -> Row:
 
 def check_optimizer(learner: Learner, entry: Entry, report: Report, speed: bool) -> None:
     table = Table(f"trajectory over {battery.STEPS} steps vs optax")
+    looked = 0
     for case in battery.optimizer_cases(entry):
         want = trajectory(entry.reference(*case.args), case.problem)
         try:
@@ -358,7 +391,8 @@ def check_optimizer(learner: Learner, entry: Entry, report: Report, speed: bool)
             continue
         row = _trajectory_row(case, mine, want)
         table.rows.append(row)
-        if not row.passed:
+        if not row.passed and not report.hints and looked < 2:
+            looked += 1
             report.add_hints(_optimizer_hints(learner, entry, case, mine, want, how))
     report.tables.append(table)
     if speed:
