@@ -44,7 +44,8 @@ def compare(got, want, rtol: float = RTOL, atol: float = ATOL) -> Error:
     diff = np.where(np.isnan(diff) & (np.isnan(got) != np.isnan(want)), np.inf, diff)
     diff = np.nan_to_num(diff, nan=0.0)
     scale = max(1.0, float(np.max(np.abs(want[np.isfinite(want)]), initial=0.0)))
-    rel = diff / np.maximum(np.abs(want), 1e-12 * scale)
+    with np.errstate(over="ignore", invalid="ignore"):
+        rel = diff / np.maximum(np.abs(want), 1e-12 * scale)
     close = bool(np.all(diff <= atol * scale + rtol * np.abs(want)))
     return Error(close, float(diff.max()), float(rel.max()))
 

@@ -74,8 +74,8 @@ class Report:
         return all(table.passed for table in self.tables)
 
     def add_hints(self, found: list[known.Hint]) -> None:
-        for hint in found:
-            if all(hint.message != old.message for old in self.hints):
+        for hint in found:  # one line per mistake, however many cases or variants show it
+            if all(hint.name != old.name for old in self.hints):
                 self.hints.append(hint)
 
 

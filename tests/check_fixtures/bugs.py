@@ -61,8 +61,8 @@ def bn_unbiased(x, gamma, beta, mean, var, train, momentum=0.9, eps=1e-5):
     if not train:
         return jax_bn(x, gamma, beta, mean, var, train, momentum, eps)
     axes = tuple(range(x.ndim - 1))
-    m, v = x.mean(axes), x.var(axes, ddof=1)
-    y = (x - m) / jnp.sqrt(v + eps) * gamma + beta
+    m, v = x.mean(axes), x.var(axes)
+    y = (x - m) / jnp.sqrt(x.var(axes, ddof=1) + eps) * gamma + beta  # the bug: ddof=1 here
     return y, momentum * mean + (1 - momentum) * m, momentum * var + (1 - momentum) * v
 
 
