@@ -415,7 +415,9 @@ def augment(
 def check(
     target: Annotated[
         str | None,
-        typer.Argument(metavar="FILE.py:NAME", help="Your layer or optimizer, e.g. my_conv.py:conv2d."),
+        typer.Argument(
+            metavar="FILE.py:NAME", help="Your layer or optimizer, e.g. my_conv.py:conv2d."
+        ),
     ] = None,
     against: Annotated[
         str | None, typer.Option(help="Catalogue entry to check against (default: NAME).")
@@ -428,7 +430,8 @@ def check(
         bool, typer.Option("--numpy", help="With --template: the NumPy form (forward/backward).")
     ] = False,
     json_: Annotated[
-        Path | None, typer.Option("--json", help="Also write the report as JSON here ('-': stdout only).")
+        Path | None,
+        typer.Option("--json", help="Also write the report as JSON here ('-': stdout only)."),
     ] = None,
     speed: Annotated[bool, typer.Option(help="Time yours against the reference.")] = True,
 ):

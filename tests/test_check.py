@@ -119,7 +119,14 @@ def test_cli_passing_check_exits_0_and_reports_speed(cli):
 
 
 def test_cli_failing_check_exits_1_with_table_shapes_and_hint(cli):
-    result = cli("check", f"{FIXTURES / 'bugs.py'}:conv_flipped", "--against", "conv2d", "--no-speed", expect=1)
+    result = cli(
+        "check",
+        f"{FIXTURES / 'bugs.py'}:conv_flipped",
+        "--against",
+        "conv2d",
+        "--no-speed",
+        expect=1,
+    )
     out = result.stdout
     assert "FAIL" in out and "first failing case" in out
     assert "hint:" in out and "kernel flipped" in out

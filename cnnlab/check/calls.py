@@ -28,7 +28,9 @@ def jax_args(args: tuple) -> tuple:
 def numpy_args(args: tuple) -> tuple:
     """float64 copies (the learner may change its inputs in place); integers stay integers."""
     return tuple(
-        (a.astype(np.float64) if a.dtype.kind == "f" else a.copy()) if isinstance(a, np.ndarray) else a
+        (a.astype(np.float64) if a.dtype.kind == "f" else a.copy())
+        if isinstance(a, np.ndarray)
+        else a
         for a in args
     )
 
@@ -56,8 +58,6 @@ def vjp(function: Callable, args: tuple, positions: list[int], dout) -> list:
 
     _, pullback = jax.vjp(first, *(args[p] for p in positions))
     return list(pullback(dout))
-
-
 
 
 def compiled(function: Callable, args: tuple) -> Callable:

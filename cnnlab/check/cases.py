@@ -179,7 +179,13 @@ def speed_case(entry) -> Case:
     vectors = _normal(rng, 128, 512)
     gamma, beta = _norm_params(rng, 16)
     cases = {
-        "conv2d": lambda: (image, _normal(rng, 3, 3, 16, 32, scale=0.1), _normal(rng, 32), 1, "same"),
+        "conv2d": lambda: (
+            image,
+            _normal(rng, 3, 3, 16, 32, scale=0.1),
+            _normal(rng, 32),
+            1,
+            "same",
+        ),
         "max_pool": lambda: (image, 2, None),
         "avg_pool": lambda: (image, 2, None),
         "dense": lambda: (vectors, _normal(rng, 512, 256, scale=0.05), _normal(rng, 256)),
@@ -193,7 +199,9 @@ def speed_case(entry) -> Case:
         "leaky_relu": lambda: (image, 0.1),
     }
     args = cases.get(entry.name, lambda: (image,))()
-    return fill_defaults(entry, Case("16x32x32x16 images" if args[0] is image else "128 rows", args))
+    return fill_defaults(
+        entry, Case("16x32x32x16 images" if args[0] is image else "128 rows", args)
+    )
 
 
 # ------------------------------------------------------------------ optimizer problems
@@ -211,13 +219,20 @@ class Problem:
 def quadratic() -> Problem:
     rng = np.random.default_rng(1)
     target = {"w": _normal(rng, 4, 3), "b": _normal(rng, 3)}
-    curvature = {"w": rng.uniform(0.5, 2.0, (4, 3)).astype(np.float32), "b": np.float32([1, 3, 0.2])}
+    curvature = {
+        "w": rng.uniform(0.5, 2.0, (4, 3)).astype(np.float32),
+        "b": np.float32([1, 3, 0.2]),
+    }
 
     def loss(params):
-        terms = jax.tree.map(lambda p, t, a: 0.5 * jnp.sum(a * (p - t) ** 2), params, target, curvature)
+        terms = jax.tree.map(
+            lambda p, t, a: 0.5 * jnp.sum(a * (p - t) ** 2), params, target, curvature
+        )
         return sum(jax.tree.leaves(terms))
 
-    return Problem("quadratic", loss, {"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)})
+    return Problem(
+        "quadratic", loss, {"w": np.zeros((4, 3), np.float32), "b": np.zeros(3, np.float32)}
+    )
 
 
 def network() -> Problem:

@@ -40,7 +40,9 @@ class Entry:
 
     @property
     def signature(self) -> str:
-        parts = [name if default is REQUIRED else f"{name}={default!r}" for name, default in self.params]
+        parts = [
+            name if default is REQUIRED else f"{name}={default!r}" for name, default in self.params
+        ]
         return f"{self.name}({', '.join(parts)})"
 
     @property
@@ -241,8 +243,15 @@ LAYERS = [
         "x any shape; negative_slope a float.",
         ("x",),
     ),
-    Entry("sigmoid", "layer", (("x", REQUIRED),), sigmoid, "1 / (1 + exp(-x))", "x any shape; "
-          "must stay finite for |x| up to 100.", ("x",)),  # fmt: skip
+    Entry(
+        "sigmoid",
+        "layer",
+        (("x", REQUIRED),),
+        sigmoid,
+        "1 / (1 + exp(-x))",
+        "x any shape; must stay finite for |x| up to 100.",
+        ("x",),
+    ),  # fmt: skip
     Entry("tanh", "layer", (("x", REQUIRED),), tanh, "hyperbolic tangent", "x any shape.", ("x",)),
     Entry(
         "gelu",
@@ -427,4 +436,3 @@ def get_entry(name: str) -> Entry:
 
 def entries_by_kind() -> dict[str, list[Entry]]:
     return {"layers": LAYERS, "optimizers": OPTIMIZERS}
-

@@ -131,7 +131,12 @@ def _windows(shape, window, stride):
     n, h, w, c = shape
     for i in range((h - window) // stride + 1):
         for j in range((w - window) // stride + 1):
-            yield i, j, slice(i * stride, i * stride + window), slice(j * stride, j * stride + window)
+            yield (
+                i,
+                j,
+                slice(i * stride, i * stride + window),
+                slice(j * stride, j * stride + window),
+            )
 
 
 def _tie_grads(sit, share: str):
@@ -369,7 +374,9 @@ def _overflow_message(sit: Situation) -> str:
             "overflow in softmax: exp(1000) is inf; subtract each row's maximum before exp "
             "(the result is the same, the numbers stay finite)"
         )
-    return "overflow: your output is inf or nan where the reference is finite (exp of a large number?)"
+    return (
+        "overflow: your output is inf or nan where the reference is finite (exp of a large number?)"
+    )
 
 
 def detect(sit: Situation) -> list[Hint]:

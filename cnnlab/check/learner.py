@@ -39,7 +39,9 @@ def split(target: str) -> tuple[Path, str]:
 
     file, name = split_target(target)
     if name is None:
-        raise UserError(f"'{target}': name the function to check, as FILE.py:NAME (my_conv.py:conv2d)")
+        raise UserError(
+            f"'{target}': name the function to check, as FILE.py:NAME (my_conv.py:conv2d)"
+        )
     if not file.is_file():
         raise UserError(f"file not found: {file}")
     return file, name
@@ -88,11 +90,23 @@ def find(target: str, entry: Entry) -> Learner:
     if callable(function):
         check_signature(function, [p for p, _ in entry.params], f"{file.name}:{name}", contract)
         return Learner(file, name, "jax", function=function)
-    forward, backward = (getattr(module, f"{name}_{part}", None) for part in ("forward", "backward"))
+    forward, backward = (
+        getattr(module, f"{name}_{part}", None) for part in ("forward", "backward")
+    )
     if entry.kind == "layer" and callable(forward) and callable(backward):
         names = [p for p, _ in entry.params]
-        check_signature(forward, names, f"{file.name}:{name}_forward", f"{name}_forward{contract[len(entry.name):]}")
-        check_signature(backward, ["dout", "cache"], f"{file.name}:{name}_backward", f"{name}_backward(dout, cache)")
+        check_signature(
+            forward,
+            names,
+            f"{file.name}:{name}_forward",
+            f"{name}_forward{contract[len(entry.name) :]}",
+        )
+        check_signature(
+            backward,
+            ["dout", "cache"],
+            f"{file.name}:{name}_backward",
+            f"{name}_backward(dout, cache)",
+        )
         return Learner(file, name, "numpy", forward=forward, backward=backward)
     raise UserError(_not_found(file, name, entry, module))
 
@@ -113,7 +127,9 @@ def _not_found(file: Path, name: str, entry: Entry, module) -> str:
 def explain(error: BaseException, file: Path) -> str:
     """'ValueError: shapes ... (at my_conv.py:12)': one line for an error in the learner's code."""
     first = (str(error).strip().splitlines() or [""])[0]
-    lines = [f.lineno for f in traceback.extract_tb(error.__traceback__) if Path(f.filename) == file]
+    lines = [
+        f.lineno for f in traceback.extract_tb(error.__traceback__) if Path(f.filename) == file
+    ]
     where = f" (at {file.name}:{lines[-1]})" if lines else ""
     if isinstance(error, NotImplementedError):
         return f"not written yet: NotImplementedError{where}"

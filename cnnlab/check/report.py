@@ -31,7 +31,9 @@ def _table(table: Table) -> RichTable:
         out.add_column(name, justify=justify)
     for row in table.rows:
         result = "[green]pass[/]" if row.passed else "[red]FAIL[/]"
-        out.add_row(escape(row.case), result, _number(row.max_abs), _number(row.max_rel), escape(row.note))
+        out.add_row(
+            escape(row.case), result, _number(row.max_abs), _number(row.max_rel), escape(row.note)
+        )
     return out
 
 

@@ -220,7 +220,9 @@ def _numpy_case(layer: _Layer, case) -> None:
         out, cache = learner.forward(*numpy_args(case.args))
         mine = outputs(entry, out)
     except Exception as error:
-        layer.fail(layer.values, case, error, f"calling {learner.name}_forward (returns (out, cache))")
+        layer.fail(
+            layer.values, case, error, f"calling {learner.name}_forward (returns (out, cache))"
+        )
         return
     row = _row(case.name, mine, want, case.args, entry.outputs)
     layer.values.rows.append(row)
@@ -265,7 +267,9 @@ def _finite_difference_row(layer: _Layer, case, dout, mine_grads) -> None:
     except Exception as error:
         layer.fail(layer.fd, case, error, "finite differences")
         return
-    errors = [compare(r, e, rtol=FD_RTOL, atol=1e-4) for r, e in zip(reported, estimates, strict=True)]
+    errors = [
+        compare(r, e, rtol=FD_RTOL, atol=1e-4) for r, e in zip(reported, estimates, strict=True)
+    ]
     passed = all(e.close for e in errors)
     note = "" if passed else "your backward disagrees with your own forward"
     layer.fd.rows.append(
@@ -358,7 +362,9 @@ def trajectory(tx, problem, steps: int = battery.STEPS, *, jit: bool = True) -> 
 
 
 def _flat(params) -> np.ndarray:
-    return np.concatenate([np.ravel(np.asarray(leaf, np.float64)) for leaf in jax.tree.leaves(params)])
+    return np.concatenate(
+        [np.ravel(np.asarray(leaf, np.float64)) for leaf in jax.tree.leaves(params)]
+    )
 
 
 def _learner_trajectory(factory, case) -> tuple[np.ndarray, str]:
@@ -373,7 +379,9 @@ def _trajectory_row(case, mine: np.ndarray, want: np.ndarray) -> Row:
     error = compare(mine, want, TRAJ_RTOL, TRAJ_ATOL)
     note = ""
     if not error.close:
-        step = next(i for i in range(len(mine)) if not compare(mine[i], want[i], TRAJ_RTOL, TRAJ_ATOL).close)
+        step = next(
+            i for i in range(len(mine)) if not compare(mine[i], want[i], TRAJ_RTOL, TRAJ_ATOL).close
+        )
         note = f"first differs after step {step}"
     return Row(case.name, error.close, error.max_abs, error.max_rel, note, f"args {case.args}")
 

@@ -56,7 +56,11 @@ def _layer_numpy(entry: Entry) -> str:
 
 
 def _optimizer(entry: Entry, numpy: bool) -> str:
-    imports = "import numpy as np\nimport optax\n" if numpy else "import jax\nimport jax.numpy as jnp\nimport optax\n"
+    imports = (
+        "import numpy as np\nimport optax\n"
+        if numpy
+        else "import jax\nimport jax.numpy as jnp\nimport optax\n"
+    )
     state_note = (
         "    State may hold NumPy arrays (the check then runs it without jax.jit; training\n"
         "    needs jax.numpy)."

@@ -130,7 +130,9 @@ def _timed(case: str, run, reference_s: float, note: str) -> Speed:
         return Speed(case, None, reference_s, f"stopped after {TIME_LIMIT:g} s")
     except Exception as error:  # the learner's code failed at this size
         first = (str(error).strip().splitlines() or [""])[0]
-        return Speed(case, None, reference_s, f"failed at this size: {type(error).__name__}: {first}")
+        return Speed(
+            case, None, reference_s, f"failed at this size: {type(error).__name__}: {first}"
+        )
 
 
 def optimizer_speed(learner, entry) -> Speed:
@@ -151,5 +153,8 @@ def optimizer_speed(learner, entry) -> Speed:
     except _TooSlow:
         return Speed(case, None, reference_s, f"stopped after {TIME_LIMIT:g} s")
     except Exception:
-        run, note = updater(learner.function(*args), jit=False), "not jittable: timed without jax.jit"
+        run, note = (
+            updater(learner.function(*args), jit=False),
+            "not jittable: timed without jax.jit",
+        )
     return _timed(case, run, reference_s, note)

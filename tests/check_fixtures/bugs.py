@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 import numpy_layers as good
 from jax_layers import conv2d as jax_conv2d
 
@@ -26,7 +25,10 @@ def conv_pad_before_forward(x, w, b, stride=1, padding="same"):
     if padding != "same":
         return good.conv2d_forward(x, w, b, stride, padding)
     kh, kw = w.shape[:2]
-    pads = [good._pad_same(x.shape[1], kh, stride)[::-1], good._pad_same(x.shape[2], kw, stride)[::-1]]
+    pads = [
+        good._pad_same(x.shape[1], kh, stride)[::-1],
+        good._pad_same(x.shape[2], kw, stride)[::-1],
+    ]
     xp = np.pad(x, [(0, 0), *pads, (0, 0)])
     out, (_, _, _, _, s) = good.conv2d_forward(xp, w, b, stride, "valid")
     return out, (x, w, xp, pads, s)
@@ -48,7 +50,9 @@ def max_pool_all_ties_backward(dout, cache):
     dx = np.zeros_like(x)
     for i, j, rows, cols in good._windows(x.shape, window, stride):
         patch = x[:, rows, cols, :]
-        dx[:, rows, cols, :] += (patch == patch.max((1, 2), keepdims=True)) * dout[:, i : i + 1, j : j + 1, :]
+        dx[:, rows, cols, :] += (patch == patch.max((1, 2), keepdims=True)) * dout[
+            :, i : i + 1, j : j + 1, :
+        ]
     return (dx,)
 
 

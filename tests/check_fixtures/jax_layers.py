@@ -29,12 +29,16 @@ def conv2d(x, w, b, stride=1, padding="same"):
 
 def max_pool(x, window=2, stride=None):
     stride = stride or window
-    return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), "VALID")
+    return lax.reduce_window(
+        x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), "VALID"
+    )
 
 
 def avg_pool(x, window=2, stride=None):
     stride = stride or window
-    total = lax.reduce_window(x, 0.0, lax.add, (1, window, window, 1), (1, stride, stride, 1), "VALID")
+    total = lax.reduce_window(
+        x, 0.0, lax.add, (1, window, window, 1), (1, stride, stride, 1), "VALID"
+    )
     return total / window**2
 
 

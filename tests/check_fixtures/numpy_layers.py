@@ -45,7 +45,12 @@ def _windows(shape, window, stride):
     _, h, w, _ = shape
     for i in range((h - window) // stride + 1):
         for j in range((w - window) // stride + 1):
-            yield i, j, slice(i * stride, i * stride + window), slice(j * stride, j * stride + window)
+            yield (
+                i,
+                j,
+                slice(i * stride, i * stride + window),
+                slice(j * stride, j * stride + window),
+            )
 
 
 def max_pool_forward(x, window=2, stride=None):
@@ -66,7 +71,9 @@ def max_pool_backward(dout, cache):
         first = np.argmax(flat, axis=1)  # the first maximum in row-major order
         mask = np.zeros_like(flat)
         np.put_along_axis(mask, first[:, None, :], 1.0, axis=1)
-        dx[:, rows, cols, :] += mask.reshape(n, window, window, c) * dout[:, i : i + 1, j : j + 1, :]
+        dx[:, rows, cols, :] += (
+            mask.reshape(n, window, window, c) * dout[:, i : i + 1, j : j + 1, :]
+        )
     return (dx,)
 
 
@@ -114,7 +121,9 @@ def leaky_relu_backward(dout, cache):
 
 
 def sigmoid_forward(x):
-    out = np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
+    out = np.where(
+        x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x)))
+    )
     return out, out
 
 
@@ -183,7 +192,10 @@ def batch_norm_forward(x, gamma, beta, mean, var, train, momentum=0.9, eps=1e-5)
     axes = tuple(range(x.ndim - 1))
     if train:
         m, v = x.mean(axes), x.var(axes)
-        new_mean, new_var = momentum * mean + (1 - momentum) * m, momentum * var + (1 - momentum) * v
+        new_mean, new_var = (
+            momentum * mean + (1 - momentum) * m,
+            momentum * var + (1 - momentum) * v,
+        )
     else:
         m, v, new_mean, new_var = mean, var, mean, var
     inv = 1 / np.sqrt(v + eps)

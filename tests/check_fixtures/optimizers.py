@@ -11,7 +11,9 @@ def _map(f, *trees):
 
 
 def sgd(lr):
-    return optax.GradientTransformation(lambda p: (), lambda g, s, p=None: (_map(lambda g: -lr * g, g), s))
+    return optax.GradientTransformation(
+        lambda p: (), lambda g, s, p=None: (_map(lambda g: -lr * g, g), s)
+    )
 
 
 def _heavy_ball(lr, beta, nesterov):
@@ -63,7 +65,9 @@ def _adam(lr, b1, b2, eps, wd=0.0, correct=True, coupled=False):
         v = _map(lambda v, g: b2 * v + (1 - b2) * g * g, v, grads)
         c1, c2 = (1 - b1**t, 1 - b2**t) if correct else (1.0, 1.0)
         decay = 0.0 if coupled else wd
-        step = _map(lambda m, v, p: -lr * (m / c1 / (jnp.sqrt(v / c2) + eps) + decay * p), m, v, params)
+        step = _map(
+            lambda m, v, p: -lr * (m / c1 / (jnp.sqrt(v / c2) + eps) + decay * p), m, v, params
+        )
         return step, (t, m, v)
 
     return optax.GradientTransformation(init, update)
