@@ -412,5 +412,59 @@ def augment(
     console.print(f"{n} images x {draws} draws of {len(exp.augment)} transforms: {out}")
 
 
+@app.command()
+@friendly
+def check(
+    target: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="FILE.py:NAME", help="Your layer or optimizer, e.g. my_conv.py:conv2d."
+        ),
+    ] = None,
+    against: Annotated[
+        str | None, typer.Option(help="Catalogue entry to check against (default: NAME).")
+    ] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the catalogue and exit.")] = False,
+    template: Annotated[
+        str | None, typer.Option(help="Print a file with NAME's contract to fill in.")
+    ] = None,
+    numpy: Annotated[
+        bool, typer.Option("--numpy", help="With --template: the NumPy form (forward/backward).")
+    ] = False,
+    json_: Annotated[
+        Path | None,
+        typer.Option("--json", help="Also write the report as JSON here ('-': stdout only)."),
+    ] = None,
+    speed: Annotated[bool, typer.Option(help="Time yours against the reference.")] = True,
+):
+    """Check your own layer or optimizer against the reference: values, gradients, edge cases,
+    speed, and a hint naming the likely bug. Exit 0 when all pass, 1 when any fails."""
+    import json
+
+    from cnnlab.check import check as run_check
+    from cnnlab.check import template as make_template
+    from cnnlab.check.report import catalogue_table, render, to_json
+
+    if list_:
+        console.print(catalogue_table())
+        return
+    if template:
+        typer.echo(make_template(template, numpy), nl=False)
+        return
+    if target is None:
+        raise UserError("give FILE.py:NAME to check, --list for the catalogue, or --template NAME")
+    report = run_check(target, against, speed=speed)
+    if str(json_) == "-":
+        typer.echo(json.dumps(to_json(report), indent=2))
+    else:
+        for part in render(report):
+            console.print(part, highlight=False)
+        if json_ is not None:
+            json_.write_text(json.dumps(to_json(report), indent=2))
+            console.print(f"report: {json_}")
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()

@@ -347,6 +347,7 @@ class OptimizerSpec(_Frozen):
     """The validated `optimizer:` mapping; `args` are checked against the optax signature."""
 
     name: str
+    python: str | None = None  # 'file.py:factory', an optimizer written in Python (name 'python')
     lr: Number = Field(gt=0)
     args: dict[str, Any] = Field(default_factory=dict)
     schedule: SerializeAsAny[ScheduleSpec] = ConstantSchedule(name="constant")
@@ -357,7 +358,8 @@ class OptimizerSpec(_Frozen):
 
 
 class _RawSpec(_Frozen):
-    name: str
+    name: str | None = None
+    python: str | None = None
     lr: Number = Field(gt=0)
     args: Any = {}
     schedule: Any = "constant"
@@ -411,6 +413,10 @@ def _parse_schedule(raw: Any) -> ScheduleSpec:
 def parse_optimizer_spec(raw: Mapping) -> OptimizerSpec:
     """Validate the `optimizer:` mapping; errors are SpecError with loc relative to `raw`."""
     fields = _validate(_RawSpec, raw)
+    if fields.python is not None:
+        return _parse_python(fields, raw)
+    if fields.name is None:
+        raise SpecError(("name",), "missing required key (or python: my_optim.py:adam)")
     kind = OPTIMIZERS.get(fields.name, ("name",))
     try:
         args = _parse_args(fields.name, kind, fields.args)
@@ -425,6 +431,43 @@ def parse_optimizer_spec(raw: Mapping) -> OptimizerSpec:
     except (TypeError, ValueError) as error:
         raise SpecError(("args",), f"{fields.name} rejects these arguments: {error}") from None
     return OptimizerSpec(**{**fields.model_dump(), "args": args, "schedule": schedule})
+
+
+def _parse_python(fields: _RawSpec, raw: Mapping) -> OptimizerSpec:
+    """`{python: my_optim.py:adam, lr: 1e-3, args: {...}}`: a factory(lr, **args) returning an
+    optax.GradientTransformation; the schedule scales its updates (see `_python_kind`)."""
+    from cnnlab.models.custom import _check_args
+    from cnnlab.models.python_layer import load_target, resolve_file
+
+    if fields.name is not None:
+        raise SpecError(("python",), "give name (a built-in optimizer) or python, not both")
+    target = resolve_file(fields.python, getattr(raw, "where", {}).get("python"))
+    factory = load_target(target)
+    if not callable(factory):
+        raise SpecError(("python",), f"{target} is not a function")
+    args = dict(fields.args or {})
+    _check_args(factory, 1, (), args, target.rpartition("/")[2])
+    try:
+        schedule = _parse_schedule(fields.schedule)
+    except SpecError as error:
+        raise error.within("schedule") from None
+    data = {**fields.model_dump(), "name": "python", "python": target, "args": args}
+    return OptimizerSpec(**{**data, "schedule": schedule})
+
+
+def _python_kind(spec: OptimizerSpec, lr: float) -> OptimizerKind:
+    """The learner's factory gets the peak rate as a number; a schedule scales its updates by
+    schedule(step) / lr (exact for optimizers whose step is linear in lr, as all of the
+    catalogue's are). Weight decay is L2 on the gradient, as for optimizers without their own."""
+    from cnnlab.models.python_layer import load_target
+
+    user = load_target(spec.python)
+
+    def factory(schedule, **args):
+        scale = optax.scale_by_schedule(lambda step: schedule(step) / lr)
+        return optax.chain(user(lr, **args), scale)
+
+    return OptimizerKind(factory)
 
 
 # ------------------------------------------------------------- building
@@ -452,7 +495,7 @@ def build_optimizer(
     `update` must be given the current params. Evaluate with `eval_params(params, opt_state)`.
     """
     schedule = build_schedule(spec, total_steps)
-    kind = OPTIMIZERS.get(spec.name)
+    kind = _python_kind(spec, spec.lr) if spec.python else OPTIMIZERS.get(spec.name)
     args = dict(spec.args)
     native_decay = kind.decay_arg is not None
     if native_decay:

@@ -29,6 +29,7 @@ from cnnlab.errors import SpecError, suggest
 from cnnlab.models.families import FAMILIES, FamilyArgs
 from cnnlab.models.initializers import DEFAULT_INIT, check_init_name
 from cnnlab.models.layers import LAYERS, LayerSpec
+from cnnlab.models.python_layer import parse_python_layer
 
 BLOCKS = ("residual", "repeat")
 SOFTMAX_NOTE = "the final softmax was dropped: the loss takes logits and applies softmax itself"
@@ -124,6 +125,8 @@ def _parse_item(item: Any, loc: tuple) -> list[LayerSpec]:
         )
     if "repeat" in item:
         return _parse_repeat(item, loc)
+    if "python" in item:  # a layer written in Python (python_layer.py)
+        return [parse_python_layer(item, loc)]
     if len(item) != 1:
         raise SpecError(loc, f"a layer is a mapping with one key, its kind; got {list(item)}")
     ((kind, value),) = item.items()
@@ -256,6 +259,8 @@ def layer_to_raw(layer: LayerSpec) -> Any:
         return {"residual": [layer_to_raw(inner) for inner in layer.body]}
     if layer.args is None:
         return layer.kind
+    if layer.kind == "python":
+        return {"python": layer.args.target, "args": dict(layer.args.args)}
     args = layer.args.model_dump(exclude_defaults=True)
     args = {key: list(value) if isinstance(value, tuple) else value for key, value in args.items()}
     return {layer.kind: args} if args else layer.kind
