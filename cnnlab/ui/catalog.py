@@ -9,14 +9,14 @@ from typing import Any
 
 from cnnlab.history import config_differences, find_runs, read_config, run_info, show_value
 from cnnlab.runs import read_json, read_jsonl, read_metrics
-from cnnlab.ui.paths import relative_name
+from cnnlab.ui.paths import contained, relative_name
 
 NOT_SETTINGS = ("name",)  # differs between runs without being a setting worth showing
 
 
 def list_runs(root: Path) -> list[dict]:
     """Every run (newest first) with the settings in which it differs from the other runs."""
-    folders = find_runs(root=root)
+    folders = [path for path in find_runs(root=root) if contained(root, path)]
     configs = [read_config(path) for path in folders]
     differences = {
         key: values
@@ -84,7 +84,8 @@ def list_sweeps(root: Path) -> list[dict]:
     """Sweep folders (newest first) with their name, metric and number of trials."""
     if not root.is_dir():
         return []
-    folders = sorted((p for p in root.iterdir() if (p / "sweep.json").is_file()), reverse=True)
+    found = (p for p in root.iterdir() if (p / "sweep.json").is_file() and contained(root, p))
+    folders = sorted(found, reverse=True)
     return [_sweep_row(root, path) for path in folders]
 
 

@@ -50,5 +50,15 @@ def sweep_folder(root: Path, name: str) -> Path:
     return path
 
 
+def contained(root: Path, path: Path) -> bool:
+    """Whether `path` (links followed) and its config.yaml lie inside `root`: listings leave
+    out links that point elsewhere, as requests for them are refused."""
+    base = root.resolve()
+    config = path / "config.yaml"
+    return path.resolve().is_relative_to(base) and (
+        not config.exists() or config.resolve().is_relative_to(base)
+    )
+
+
 def relative_name(root: Path, path: Path) -> str:
     return path.resolve().relative_to(root.resolve()).as_posix()

@@ -190,6 +190,19 @@ def saliency(probe: Probe, pixels: np.ndarray) -> tuple[int, np.ndarray]:
     return top, np.asarray(gradient)
 
 
+def logits(probe: Probe, scaled: np.ndarray) -> np.ndarray:
+    """(classes,) evaluation-mode logits of one float (H, W, C) image on the [0, 1] scale: the
+    function `saliency` differentiates."""
+    import jax
+
+    x = _standardized(probe, scaled)[None]
+    model = probe._trainer.model
+    out, _ = model.apply(
+        probe._params, probe._state.model_state, x, train=False, key=jax.random.key(0)
+    )
+    return np.asarray(out[0])
+
+
 def _input_gradient(trainer, norm):
     """The compiled gradient of one class's logit with respect to one image."""
     import jax

@@ -48,7 +48,11 @@ def decode_image(data: bytes):
             return ImageOps.exif_transpose(image)
     except UploadError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UploadError(
+            f"the image has too many pixels; send one of at most {MAX_PIXELS:,} pixels", 413
+        ) from None
+    except UnidentifiedImageError:
         raise UploadError(f"not a {', '.join(FORMATS[:-1])} or {FORMATS[-1]} image") from None
     except (OSError, ValueError, SyntaxError, EOFError):
         raise UploadError("the image is damaged or cut short; send the whole file") from None

@@ -54,7 +54,12 @@
       if (!s.points.length) return;
       const d = s.points.map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
       node("path", { d, class: "line", stroke: s.color, "stroke-dasharray": s.dashed ? "5 3" : "none" }, svg);
-      node("text", { x: width - pad.r - 4, y: pad.t + 12 + 12 * i, fill: s.color, class: "tick", "text-anchor": "end" }, svg).textContent = s.name;
+      if (s.dashed || s.points.length < 2) { // sparse evaluations: a dot marks each one
+        for (const p of s.points) node("circle", { cx: sx(p[0]), cy: sy(p[1]), r: 2.5, fill: s.color }, svg);
+      }
+      const key = node("text", { x: width - pad.r - 4, y: pad.t + 12 + 12 * i, class: "tick", "text-anchor": "end" }, svg);
+      key.style.fill = s.color; // the class's grey would win over a fill attribute
+      key.textContent = s.name;
     });
   }
 
