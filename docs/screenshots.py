@@ -60,7 +60,9 @@ def shoot(run_dir: Path) -> None:
 
         driver.get(f"{base}#/try/{run_dir.name}")
         canvas = wait.until(lambda d: d.find_element(By.ID, "pad"))
-        actions = ActionChains(driver).move_to_element_with_offset(canvas, -70, -70).click_and_hold()
+        actions = (
+            ActionChains(driver).move_to_element_with_offset(canvas, -70, -70).click_and_hold()
+        )
         for dx, dy in TWO:
             actions.move_by_offset(dx, dy)
         actions.release().perform()
@@ -70,7 +72,9 @@ def shoot(run_dir: Path) -> None:
 
         driver.get(f"{base}#/net/exp/digits/resnet_small")
         blocks = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "g.block.layer"))
-        ActionChains(driver).move_to_element(blocks[10].find_elements(By.TAG_NAME, "polygon")[-1]).perform()
+        ActionChains(driver).move_to_element(
+            blocks[10].find_elements(By.TAG_NAME, "polygon")[-1]
+        ).perform()
         time.sleep(0.3)
         driver.save_screenshot(str(DOCS / "ui_net3d.png"))
     finally:
