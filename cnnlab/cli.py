@@ -370,7 +370,14 @@ def lr_find(
 
 @app.command()
 @friendly
-def inspect(experiment: Experiment = None, set_: Overrides = None):
+def inspect(
+    experiment: Experiment = None,
+    set_: Overrides = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(help="Also write the network in 3D as a self-contained HTML file."),
+    ] = None,
+):
     """Layer by layer: output shape, parameters and forward FLOPs per image, with totals."""
     from cnnlab.models import describe_model, render_model_summary
     from cnnlab.training import load_data
@@ -383,6 +390,10 @@ def inspect(experiment: Experiment = None, set_: Overrides = None):
         raise exp.user_error(error.within("model")) from None
     console.print(render_model_summary(summary))
     say_notes(summary.notes)
+    if html:
+        from cnnlab.ui.netview import network_data, write_html
+
+        console.print(f"network in 3D: {write_html(network_data(summary, exp.name), html)}")
 
 
 @app.command()
@@ -464,6 +475,101 @@ def check(
             console.print(f"report: {json_}")
     if not report.passed:
         raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def ui(
+    runs: Annotated[
+        Path | None, typer.Option(help="Runs folder (default $CNNLAB_RUNS_DIR, else ./runs).")
+    ] = None,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8765,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; anything but 127.0.0.1 opens it to others.")
+    ] = "127.0.0.1",
+):
+    """A local web page: runs and sweeps, the network in 3D, and drawing a digit for a run."""
+    from cnnlab.runs import runs_dir
+    from cnnlab.ui import require_server
+
+    require_server()
+    from cnnlab.ui.server import serve
+
+    root = runs or runs_dir()
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        errors.print(
+            f"[yellow]warning:[/] listening on {host}: anyone who can reach this machine "
+            "can see your runs and make it compute",
+            highlight=False,
+        )
+    console.print(f"cnnlab ui: http://{host}:{port}/ (runs in {root}/; Ctrl-C stops it)")
+    serve(root, host, port)
+
+
+ImageArg = Annotated[Path, typer.Argument(help="PNG or JPEG file.")]
+OutOption = Annotated[Path, typer.Option(help="PNG to write.")]
+Checkpoint = Annotated[str, typer.Option(help="best (by validation accuracy) or latest.")]
+
+
+@app.command()
+@friendly
+def activations(
+    run: RunArg,
+    image: ImageArg,
+    out: OutOption = Path("maps.png"),
+    channels: Annotated[int, typer.Option(min=1, max=256, help="Channels drawn per layer.")] = 16,
+    checkpoint: Checkpoint = "best",
+):
+    """Draw the feature maps of every conv layer for one image (the first --channels of each)."""
+    from cnnlab.runs import find_run
+    from cnnlab.ui import pictures, probe
+
+    picture = probe.open_image_file(image)
+    found = probe.load_probe(find_run(run), checkpoint)
+    probe.require_image_input(found)
+    layers = probe.activations(found, probe.model_input(found, picture))
+    sheet = pictures.feature_maps_sheet(layers, channels)
+    console.print(
+        f"feature maps of {len(pictures.spatial_layers(layers))} conv layers: "
+        f"{pictures.save(sheet, out)}"
+    )
+
+
+@app.command()
+@friendly
+def filters(run: RunArg, out: OutOption = Path("filters.png"), checkpoint: Checkpoint = "best"):
+    """Draw the first conv layer's filters of a run (red positive, blue negative)."""
+    from cnnlab.runs import find_run
+    from cnnlab.ui import pictures, probe
+
+    found = probe.load_probe(find_run(run), checkpoint)
+    first = probe.first_filters(found)
+    if first is None:
+        raise UserError(f"run {found.run_dir.name} has no conv layer, so no filters to draw")
+    row, kernel = first
+    path = pictures.save(pictures.filters_picture(kernel), out)
+    console.print(f"filters of layer {row.name} ({row.detail}), kernel {kernel.shape}: {path}")
+
+
+@app.command()
+@friendly
+def saliency(
+    run: RunArg,
+    image: ImageArg,
+    out: OutOption = Path("saliency.png"),
+    checkpoint: Checkpoint = "best",
+):
+    """Draw where an image most moves the score of its top class (gradient w.r.t. the input)."""
+    from cnnlab.runs import find_run
+    from cnnlab.ui import pictures, probe
+
+    picture = probe.open_image_file(image)
+    found = probe.load_probe(find_run(run), checkpoint)
+    probe.require_image_input(found)
+    pixels = probe.model_input(found, picture)
+    top, gradient = probe.saliency(found, pixels)
+    path = pictures.save(pictures.saliency_picture(pixels, gradient), out)
+    console.print(f"saliency of class '{found.class_names[top]}' (input, map, both): {path}")
 
 
 def main() -> None:

@@ -29,7 +29,10 @@ EXPERIMENTS_DIR = next(
 DEFAULT_EXPERIMENT = "digits"
 FRAGMENT_DIRS = {"model": "models", "augment": "augment", "optimizer": "optim"}
 # Keys holding file paths, made absolute relative to the file that wrote them.
-PATH_KEYS = {"experiment": [("data", "path"), ("model", "python")], "model": [("python",)]}
+PATH_KEYS = {
+    "experiment": [("data", "path"), ("model", "python"), ("optimizer", "python")],
+    "model": [("python",)],
+}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from cnnlab.models.build import (
     ModelSummary,
     build_model,
     describe_model,
+    layer_outputs,
     render_model_summary,
 )
 from cnnlab.models.families import FAMILIES
@@ -43,6 +44,7 @@ __all__ = [
     "build_model",
     "describe_model",
     "from_nnx",
+    "layer_outputs",
     "model_spec_to_dict",
     "parse_model_spec",
     "render_model_summary",

@@ -328,6 +328,36 @@ def describe_model(
     )
 
 
+def layer_outputs(spec: ModelSpec, input_shape: tuple[int, int, int], num_classes: int):
+    """`outputs(params, state, x) -> {row name: array}`: every layer's output in evaluation
+    mode, keyed like `describe_model`'s rows ('4', or '4.1' inside a residual block), for looking
+    inside a trained network. None for Python models, whose layers cnnlab cannot see."""
+    input_shape = _check_io(input_shape, num_classes)
+    if isinstance(spec, PythonModelSpec):
+        return None
+    layer_list = _layer_list(spec)
+    module = nnx.eval_shape(lambda: network(layer_list, input_shape, num_classes, nnx.Rngs(0))[0])
+    module.eval()
+    eval_def, _, _ = nnx.split(module, nnx.Param, ...)
+
+    def outputs(params, state, x) -> dict[str, jax.Array]:
+        found: dict[str, jax.Array] = {}
+        _collect(nnx.merge(eval_def, params, state, copy=True), x, "", found)
+        return found
+
+    return outputs
+
+
+def _collect(net: LayerNet, x, prefix: str, found: dict) -> None:
+    """Runs `net` layer by layer, recording each output; a residual block's body is run once
+    more on its own to record its layers (inference only, so the cost does not matter)."""
+    for index, layer in enumerate(net.layers):
+        if isinstance(layer, Residual):
+            _collect(layer.body, x, f"{prefix}{index}.", found)
+        x = net.call_layer(index, x)
+        found[f"{prefix}{index}"] = x
+
+
 def _si(value: int) -> str:
     for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if value >= size:
