@@ -1,15 +1,16 @@
-"""Training speed: cnnlab's Trainer against a hand-written JAX loop and PyTorch eager.
+"""Training speed: cnnlab's compiled step against a hand-written JAX loop and PyTorch eager.
 
     .venv/bin/python benchmarks/bench_train.py [--quick] [--rounds 5] [--models cnn_small]
-        [--append benchmarks/RESULTS.md] [--ablations]
+        [--append benchmarks/RESULTS.md] [--bf16] [--no-torch]
 
 Two models, batch 128, SGD with momentum 0.9 and lr 0.01, random uint8 data of the datasets'
 sizes: the two-conv CNN (`cnn_small`) on 28x28x1 and the small resnet (`resnet_small`) on
 32x32x3. Contenders:
 
-- cnnlab: a Trainer built from an experiment through the public API; `program(steps_per_call)`
-  called in a loop (batches gathered from a per-epoch permutation on the device, metrics, the
-  non-finite guard: everything a real run does per step);
+- cnnlab: the program built from an experiment (cnnlab.training.build_program), its compiled
+  call of `steps_per_call` steps driven as the training loop drives it (batches gathered from a
+  per-epoch permutation on the device, metrics, the non-finite guard, per-layer statistics at
+  each log interval: everything a real run does per step);
 - hand JAX: the same network written with lax.conv_general_dilated, reshape + max pooling and a
   hand GroupNorm; optax; `steps_per_call` steps per call in an unrolled lax.scan; YNNPACK fusion
   off; consecutive batches sliced from the same device array. The yardstick;
@@ -17,8 +18,7 @@ sizes: the two-conv CNN (`cnn_small`) on 28x28x1 and the small resnet (`resnet_s
 
 Each round times a window of whole calls per contender (synchronising once, at the end of the
 window) and rotates the order; the table gives medians and the min-max over rounds. The machine
-may be shared: only contenders measured in the same run are comparable. `--ablations` adds
-copies of cnnlab's step with one piece of per-step work removed, to show what each costs.
+may be shared: only contenders measured in the same run are comparable.
 """
 
 from __future__ import annotations
@@ -43,13 +43,22 @@ from common import Spread, alternate, machine, markdown_table, print_table  # no
 
 from cnnlab.config import experiment_from_tree  # noqa: E402
 from cnnlab.data.dataset import Split  # noqa: E402
-from cnnlab.training import Trainer, build_trainer, to_device  # noqa: E402
+from cnnlab.hyper import experiment_numbers  # noqa: E402
+from cnnlab.step import (  # noqa: E402
+    channel_stats,
+    device_numbers,
+    init_state,
+    steps_program,
+    to_device,
+)
+from cnnlab.training import build_program  # noqa: E402
 
 # Compile times are part of the result: no program may come from the on-disk cache.
 jax.config.update("jax_enable_compilation_cache", False)
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "experiments" / "models"
 BATCH, CLASSES, LR, MOMENTUM = 128, 10, 0.01, 0.9
+LOG_EVERY = 100  # steps between logs, as in the shipped experiments
 # XLA:CPU trains convolutions 1.3-1.75x faster with YNNPACK fusion off (see the PERF notes).
 CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
@@ -129,28 +138,38 @@ def experiment(workload: Workload, steps_per_call: int, precision: str = "float3
 
 
 class CnnlabContender(Contender):
-    def __init__(self, name, workload, split, steps_per_call, trainer_class=None, precision=None):
+    """cnnlab's compiled multi-step call, driven as its loop drives it: per-layer statistics on
+    the call that ends each log interval of LOG_EVERY steps."""
+
+    def __init__(self, name, workload, split, steps_per_call, precision=None):
         self.name, self.steps_per_call = name, steps_per_call
         exp = experiment(workload, steps_per_call, precision or "float32")
-        trainer = build_trainer(exp, split, CLASSES)
-        if trainer_class is not None:  # an ablation: the same pieces, another step
-            trainer.__class__ = trainer_class
-        self.trainer = trainer
-        self.data = to_device(split)
-        self.param_count = sum(x.size for x in jax.tree.leaves(trainer.init(0).params))
+        self.program = build_program(exp, split.images.shape[1:], CLASSES, len(split))
+        self.numbers = device_numbers(experiment_numbers(exp))
+        self.norm = channel_stats(split.images)
+        self.data = to_device(split.images, split.labels)
+        self.param_count = sum(x.size for x in jax.tree.leaves(self.initial().params))
+        self.calls = 0
+
+    def initial(self):
+        return init_state(self.program, 0, self.norm, self.numbers)
 
     def prepare(self) -> float:
-        self.state = self.trainer.init(0)
+        self.state = self.initial()
         block(self.state)
         start = time.perf_counter()
-        self.program = self.trainer.program(self.steps_per_call, self.state, self.data)
+        self.compiled = steps_program(
+            self.program, self.steps_per_call, self.state, self.data, self.numbers
+        )
         seconds = time.perf_counter() - start
         self.call()
         self.sync()
         return seconds
 
     def call(self) -> None:
-        self.state, self.metrics = self.program(self.state, self.data)
+        self.calls += 1
+        report = np.bool_(self.calls * self.steps_per_call % LOG_EVERY == 0)
+        self.state, self.metrics = self.compiled(self.state, self.data, self.numbers, report)
 
     def sync(self) -> None:
         block((self.state, self.metrics))
@@ -389,64 +408,6 @@ class TorchContender(Contender):
 
 
 # ---------------------------------------------------------------------------------------------
-# Ablations: cnnlab's step with one piece of per-step work taken out
-
-
-class GuardVariantTrainer(Trainer):
-    """cnnlab's step with the non-finite guard done another way (`guard`): `select` keeps or
-    drops the update with an elementwise `jnp.where` per leaf instead of `lax.cond`; `none`
-    applies it unconditionally."""
-
-    guard = "select"
-
-    def train_step(self, state, data):
-        loss, accuracy, grads, model_state, order, _ = self._gradients(state, data)
-        grad_norm = optax.global_norm(grads)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-        updated = state._replace(
-            step=state.step + 1,
-            params=optax.apply_updates(state.params, updates),
-            model_state=model_state,
-            opt_state=opt_state,
-            order=order,
-        )
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        if self.guard == "select":
-            updated = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
-        metrics = {
-            "step": state.step,
-            "loss": loss,
-            "accuracy": accuracy,
-            "lr": self.schedule(state.step),
-            "grad_norm": grad_norm,
-            "finite": finite,
-        }
-        return updated, metrics
-
-
-class NoGuardTrainer(GuardVariantTrainer):
-    guard = "none"
-
-
-class SliceBatchTrainer(NoGuardTrainer):
-    """No guard, and each step's batch is the next consecutive slice of the data (as in the
-    hand loop): no per-epoch permutation `lax.cond`, no gather."""
-
-    def _batch(self, state):
-        _, step_key = jax.random.split(state.key)
-        start = (state.step % self.steps_per_epoch) * self.batch_size
-        index = start + jnp.arange(self.batch_size)
-        return state.order, index, jax.random.fold_in(step_key, state.step)
-
-
-ABLATIONS = {
-    "cnnlab, guard by select": GuardVariantTrainer,
-    "cnnlab, no guard": NoGuardTrainer,
-    "cnnlab, no guard, sliced batches": SliceBatchTrainer,
-}
-
-
-# ---------------------------------------------------------------------------------------------
 # The run
 
 
@@ -463,11 +424,6 @@ def measure(workload: Workload, args) -> list[Result]:
     split = random_split(workload)
     spc = args.steps_per_call
     contenders: list[Contender] = [CnnlabContender("cnnlab", workload, split, spc)]
-    if args.ablations and hasattr(Trainer, "_gradients"):  # they reuse the Trainer's pieces
-        contenders += [
-            CnnlabContender(name, workload, split, spc, trainer_class)
-            for name, trainer_class in ABLATIONS.items()
-        ]
     if args.bf16:
         contenders.append(CnnlabContender("cnnlab bf16", workload, split, spc, precision="bf16"))
     contenders.append(HandJaxContender("hand JAX", workload, split, spc))
@@ -571,7 +527,6 @@ def parse_args(argv=None):
     parser.add_argument("--calls", type=int, default=None, help="calls per timed window")
     parser.add_argument("--steps-per-call", type=int, default=10)
     parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter windows")
-    parser.add_argument("--ablations", action="store_true", help="add cnnlab step variants")
     parser.add_argument("--bf16", action="store_true", help="add cnnlab with precision: bf16")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
     parser.add_argument("--append", type=Path, help="append a markdown section to this file")
