@@ -120,7 +120,7 @@ def _series(calls: list[dict], index: int | None) -> tuple[dict, dict]:
     """Per-step metrics of one trial over the calls since the last log, as flat arrays, and the
     per-layer statistics of the last step."""
     calls = [trial_slice(call, index) for call in calls]
-    layers = jax.tree.map(lambda leaf: leaf[-1], calls[-1].pop("layers"))
+    layers = calls[-1].pop("layers")
     for call in calls[:-1]:
         call.pop("layers")
     series = {key: np.concatenate([np.ravel(c[key]) for c in calls]) for key in calls[0]}

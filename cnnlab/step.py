@@ -170,10 +170,10 @@ def _batch(program: Program, state: TrainState):
     return order, index, jax.random.fold_in(step_key, state.step)
 
 
-def train_step(program: Program, state: TrainState, data: Data, numbers: Numbers, with_stats=False):
+def train_step(program: Program, state: TrainState, data: Data, numbers: Numbers, with_stats=None):
     """One optimizer step on this step's batch -> (state, metrics). A non-finite loss or
-    gradient leaves the state as it was. With `with_stats` (a traced bool) the metrics carry
-    per-layer statistics of this very step under "layers"; zeros otherwise."""
+    gradient leaves the state as it was. Given `with_stats` (a traced bool), the metrics carry
+    the per-layer statistics of this very step under "layers" (zeros when it is false)."""
     order, index, key = _batch(program, state)
     augment_key, model_key = jax.random.split(key)
     labels = data.labels[index]
@@ -210,12 +210,13 @@ def train_step(program: Program, state: TrainState, data: Data, numbers: Numbers
         "grad_norm": grad_norm,
         "finite": finite,
     }
-    stats = _layer_statistics(program, state, grads, updates, x)
-    # A cond on an unbatched flag stays a branch under vmap: the statistics cost nothing on
-    # the steps that do not report them.
-    metrics["layers"] = jax.lax.cond(
-        with_stats, stats, lambda: jax.tree.map(jnp.zeros_like, jax.eval_shape(stats))
-    )
+    if with_stats is not None:
+        stats = _layer_statistics(program, state, grads, updates, x)
+        # A cond on an unbatched flag stays a branch under vmap: the statistics cost nothing
+        # on the calls that do not report them.
+        metrics["layers"] = jax.lax.cond(
+            with_stats, stats, lambda: jax.tree.map(jnp.zeros_like, jax.eval_shape(stats))
+        )
     return jax.lax.cond(finite, lambda: updated, lambda: state), metrics
 
 
@@ -246,19 +247,26 @@ def compiler_options() -> dict | None:
 
 def steps_program(program: Program, count: int, state, data, numbers, *, stacked: bool = False):
     """The compiled call `(state, data, numbers, with_stats) -> (state, metrics)` that takes
-    `count` steps; the state is donated; with `with_stats` the last step reports per-layer
-    statistics. `stacked`: state, data and numbers have a leading trial axis (vmap). Compiled
-    once per count, for arguments shaped like these."""
+    `count` steps; the state is donated. Metrics come per step, and under "layers" the per-layer
+    statistics of the last step when `with_stats` (only that step carries the code for them,
+    which keeps compiling short). `stacked`: state, data and numbers have a leading trial axis
+    (vmap). Compiled once per count, for arguments shaped like these."""
     key = (count, stacked)
     if key not in program.compiled:
 
         def steps(state, data, numbers, with_stats):
-            def body(state, index):
-                wanted = with_stats & (index == count - 1)
-                return train_step(program, state, data, numbers, wanted)
-
             # XLA:CPU runs a rolled scan around convolutions ~17x slower; unrolled it is fastest.
-            return jax.lax.scan(body, state, jnp.arange(count), unroll=count if on_cpu() else 1)
+            state, metrics = jax.lax.scan(
+                lambda s, _: train_step(program, s, data, numbers),
+                state,
+                None,
+                length=count - 1,
+                unroll=max(count - 1, 1) if on_cpu() else 1,
+            )
+            state, last = train_step(program, state, data, numbers, with_stats)
+            layers = last.pop("layers")
+            metrics = jax.tree.map(lambda m, x: jnp.concatenate([m, x[None]]), metrics, last)
+            return state, {**metrics, "layers": layers}
 
         run = jax.vmap(steps, in_axes=(0, 0, 0, None)) if stacked else steps
         jitted = jax.jit(run, donate_argnums=0, compiler_options=compiler_options())
