@@ -1,11 +1,16 @@
 """The `cnnlab` command: thin Typer commands that parse, call one library function, and print.
 
 jax, flax and tensorflow-datasets are imported inside the commands, so `cnnlab --help` stays fast.
+
+Exit codes: 0 done; 1 a run that diverged, an overfit check that failed, or a write that failed
+mid-work (disk full); 2 bad input, named in one `error:` line before any work starts; 130
+interrupted (Ctrl-C), with the command that continues the run.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from cnnlab import logs
 from cnnlab.errors import SpecError, UserError
 
 app = typer.Typer(
@@ -38,26 +44,60 @@ RunArg = Annotated[str, typer.Argument(help="Run folder, part of a run name, or 
 
 
 def friendly(command):
-    """Bad input ends as one red line and exit code 2; Ctrl-C as exit code 130, no traceback."""
+    """Bad input ends as one red line and exit code 2; a failed write mid-work as one line and
+    exit 1; Ctrl-C as exit code 130; never a traceback. Library chatter goes to the log."""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
+        logs.quiet()
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            errors.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            fail(str(error), getattr(error, "exit_code", 2))
+        except OSError as error:  # a write that failed after the checks (disk full, removed)
+            from cnnlab.files import os_reason
+
+            where = f"{error.filename}: " if error.filename else ""
+            fail(f"{where}{os_reason(error)}", 1)
         except KeyboardInterrupt:
             errors.print("interrupted")
             raise typer.Exit(130) from None
+        finally:
+            say_file_notes()
 
     return run
 
 
-def load(experiment: str | None, overrides: list[str] | None):
-    from cnnlab.config import load_experiment
+def fail(message: str, code: int):
+    errors.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
 
+
+def say_file_notes() -> None:
+    from cnnlab.files import take_notes
+
+    for message in take_notes():
+        errors.print(f"[yellow]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def load(experiment: str | None, overrides: list[str] | None):
+    from cnnlab.config import check_assignment, load_experiment
+
+    for assignment in overrides or []:
+        check_assignment(assignment)
     return load_experiment(experiment, overrides or [])
+
+
+def check_output(path: Path, suffixes: tuple[str, ...] = (".png",)) -> None:
+    from cnnlab.files import check_output_file
+
+    check_output_file(path, suffixes)
+
+
+def check_writable(folder: Path, what: str) -> None:
+    from cnnlab.files import check_folder_writable
+
+    check_folder_writable(folder, what)
 
 
 def say_notes(notes) -> None:
@@ -100,9 +140,13 @@ def train(
         str | None, typer.Option(help="Continue this run from its latest checkpoint.")
     ] = None,
 ):
-    """Train an experiment into a new run folder under runs/ (or --resume a stopped run)."""
+    """Train an experiment into a new run folder under runs/ (or --resume a stopped run).
+
+    Exits 0 when done, 1 when training diverged, 130 when interrupted (Ctrl-C: the run stops at
+    the next checkpoint and prints the command that continues it)."""
+    from cnnlab.files import WriteError
     from cnnlab.report import TrainProgress, summary_table
-    from cnnlab.runs import find_run
+    from cnnlab.runs import find_run, runs_dir
     from cnnlab.train import train as run_train
 
     if (experiment is None) == (resume is None):
@@ -111,18 +155,60 @@ def train(
         raise UserError("--set cannot change a run being resumed; train a new run with the changes")
     run_dir = find_run(resume) if resume else None
     exp = load(run_dir / "config.yaml" if run_dir else experiment, set_)
-    with TrainProgress(console, exp.train.steps) as progress:
-        result = run_train(exp, resume=run_dir, progress=progress)
+    if run_dir:
+        check_writable(run_dir, "run folder")
+    else:
+        check_writable(runs_dir(), "runs folder")
+        check_batch_fits(exp)
+    started = time.time()
+    try:
+        with TrainProgress(console, exp.train.steps) as progress:
+            result = run_train(exp, resume=run_dir, progress=progress)
+    except (KeyboardInterrupt, UserError, OSError) as error:
+        folder = run_dir or newest_run(exp.name, started)
+        logs.save(folder)
+        stopped = isinstance(error, (KeyboardInterrupt, OSError, WriteError))
+        if folder is not None and stopped:
+            errors.print(f"continue with: cnnlab train --resume {folder}", highlight=False)
+        raise
+    logs.save(result.run_dir)
     console.print(summary_table(result.summary))
     if result.summary["status"] == "interrupted":
         console.print(f"stopped at step {result.summary['steps']}; latest checkpoint saved")
-        console.print(f"continue with: cnnlab train --resume {result.run_dir}")
+        console.print(f"continue with: cnnlab train --resume {result.run_dir}", highlight=False)
     console.print(f"run folder: {result.run_dir}")
     if result.failed:
         errors.print(
             f"[red]diverged:[/] {result.summary['failure']}", highlight=False, soft_wrap=True
         )
         raise typer.Exit(1)
+    if result.summary["status"] == "interrupted":
+        raise typer.Exit(130)
+
+
+def newest_run(name: str, since: float) -> Path | None:
+    """The run folder a training run started at `since` made, if it got that far."""
+    from cnnlab.runs import runs_dir
+
+    root = runs_dir()
+    made = (
+        [p for p in root.glob(f"*_{name}*") if (p / "config.yaml").is_file()]
+        if root.is_dir()
+        else []
+    )
+    made = [p for p in made if p.stat().st_mtime >= since - 1]
+    return max(made, key=lambda p: p.stat().st_mtime, default=None)
+
+
+def check_batch_fits(exp) -> None:
+    """A batch larger than the training split is refused before training (with the numbers)."""
+    from cnnlab.config import check_batch_size
+    from cnnlab.data import split_validation
+    from cnnlab.train import load_data
+
+    dataset = load_data(exp)
+    train, _ = split_validation(dataset.train, exp.data.val_fraction, exp.train.seed)
+    check_batch_size(exp, len(train))
 
 
 @app.command("eval")
@@ -140,7 +226,9 @@ def eval_(
     from cnnlab.runs import find_run
 
     run_dir = find_run(run)
+    check_writable(run_dir, "run folder")
     evaluation = evaluate_run(run_dir, split, checkpoint)
+    logs.save(run_dir)
     console.print(f"run folder: {run_dir}")
     console.print(evaluation_tables(evaluation))
     from cnnlab.plots import plot_confusion
@@ -167,12 +255,22 @@ def sweep(
     parallel: Annotated[
         int, typer.Option(min=1, help="Train up to N compatible trials together in one program.")
     ] = 1,
+    max_trials: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Allow a sweep of more trials than the default limit (see the README)."
+        ),
+    ] = None,
 ):
     """Train an experiment over a grid or random draws of settings and seeds; rank the settings."""
     from cnnlab.parallel import parallel_trainer
+    from cnnlab.runs import runs_dir
     from cnnlab.sweep import best_command, console_progress, load_sweep, run_sweep, sweep_table
 
-    spec = load_sweep(sweep_file)
+    spec = load_sweep(sweep_file, max_trials=max_trials)
+    check_writable(
+        Path(resume) if resume else runs_dir(), "sweep folder" if resume else "runs folder"
+    )
     result = run_sweep(
         spec,
         resume=Path(resume) if resume else None,
@@ -234,6 +332,8 @@ def compare(
     from cnnlab.history import compare_table, print_table, resolve_runs
 
     run_dirs = resolve_runs(runs_)
+    if plot:
+        check_output(Path(out))
     print_table(console, compare_table(run_dirs))
     if plot:
         from cnnlab.plots import plot_compare
@@ -248,7 +348,9 @@ def plot(run: RunArg = "latest"):
     from cnnlab.plots import plot_curves
     from cnnlab.runs import find_run
 
-    console.print(f"curves: {plot_curves(find_run(run))}")
+    run_dir = find_run(run)
+    check_writable(run_dir, "run folder")
+    console.print(f"curves: {plot_curves(run_dir)}")
 
 
 @app.command()
@@ -269,6 +371,7 @@ def predict(
 
     run_dir = find_run(run)
     predictions = predict_files(run_dir, [Path(p) for p in images], top_k, checkpoint)
+    logs.save(run_dir)
     first = predictions[0]
     console.print(f"run folder: {run_dir} ({first.checkpoint} checkpoint, step {first.step})")
     console.print(predictions_table(predictions))
@@ -325,10 +428,10 @@ def data_list(data_dir: DataDir = None):
 def diagnostics(run: RunArg = "latest"):
     """Per-layer parameter and gradient norms, update ratios and dead ReLUs of a run, with trends."""
     from cnnlab.report import diagnostics_table
-    from cnnlab.runs import find_run, read_json, read_jsonl
+    from cnnlab.runs import find_run, read_diagnostics, read_json
 
     run_dir = find_run(run)
-    rows = read_jsonl(run_dir / "diagnostics.jsonl")
+    rows = read_diagnostics(run_dir)
     if not rows:
         raise UserError(f"run {run_dir.name} has no diagnostics yet (it logged nothing)")
     console.print(diagnostics_table(rows))
@@ -356,6 +459,7 @@ def lr_find(
     from cnnlab.lr_find import plot_range_test
 
     exp = load(experiment, set_)
+    check_output(out)
     console.print(f"lr-find [bold]{exp.name}[/]: {steps} steps, rate {min_lr:g} -> {max_lr:g}")
     result = range_test(exp, min_lr=min_lr, max_lr=max_lr, steps=steps)
     plot_range_test(result, out)
@@ -399,6 +503,7 @@ def augment(
     from cnnlab.train import load_data
 
     exp = load(experiment, set_)
+    check_output(out)
     dataset = load_data(exp)
     try:
         pipeline = build_augment(exp.augment, dataset.image_shape, dataset.num_classes)
