@@ -53,14 +53,16 @@ def friendly(command):
         try:
             return command(*args, **kwargs)
         except UserError as error:
-            fail(str(error), getattr(error, "exit_code", 2))
+            fail(str(error), getattr(error, "exit_code", 2), getattr(error, "hint", None))
         except OSError as error:  # a write that failed after the checks (disk full, removed)
             from cnnlab.files import os_reason
 
             where = f"{error.filename}: " if error.filename else ""
-            fail(f"{where}{os_reason(error)}", 1)
-        except KeyboardInterrupt:
+            fail(f"{where}{os_reason(error)}", 1, getattr(error, "hint", None))
+        except KeyboardInterrupt as interrupt:
             errors.print("interrupted")
+            if getattr(interrupt, "hint", None):
+                errors.print(interrupt.hint, highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
         finally:
             say_file_notes()
@@ -68,8 +70,11 @@ def friendly(command):
     return run
 
 
-def fail(message: str, code: int):
+def fail(message: str, code: int, hint: str | None = None):
+    """The one `error:` line (and what to do next, when there is something to continue)."""
     errors.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    if hint:
+        errors.print(hint, highlight=False, soft_wrap=True)
     raise typer.Exit(code) from None
 
 
@@ -168,8 +173,10 @@ def train(
         folder = run_dir or newest_run(exp.name, started)
         logs.save(folder)
         stopped = isinstance(error, (KeyboardInterrupt, OSError, WriteError))
+        if isinstance(error, OSError) and not error.filename:
+            error.filename = str(folder or runs_dir())  # a flush names no file: name the run
         if folder is not None and stopped:
-            errors.print(f"continue with: cnnlab train --resume {folder}", highlight=False)
+            error.hint = f"continue with: cnnlab train --resume {folder}"
         raise
     logs.save(result.run_dir)
     console.print(summary_table(result.summary))

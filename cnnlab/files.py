@@ -395,7 +395,7 @@ def read_image(source: Any, name: str | Path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = Image.open(source)
+            image = _open_unchecked(Image, source)
             _check_pixels(image.size, name)
             image.load()
             return image
@@ -419,6 +419,16 @@ def read_image(source: Any, name: str | Path):
         ) as error:  # Pillow's damaged-file errors
             reason = getattr(error, "strerror", None) or str(error).splitlines()[0] or "damaged"
             raise UserError(f"cannot read image {name}: {reason}") from None
+
+
+def _open_unchecked(Image, source):
+    """Image.open without Pillow's own size check, so that ours can name the size (Pillow's
+    says only "could be decompression bomb DOS attack"); opening reads the header only."""
+    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        return Image.open(source)
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
 
 
 def _check_pixels(size: tuple[int, int], name: str | Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import shutil
@@ -233,6 +234,7 @@ class Checkpoints:
         self.root = (run_dir / "checkpoints").resolve()
         options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
         self._cleaned = False
+        self._failed = False  # a save failed: its temporary folder is removed on close
         try:
             self._managers = {
                 kind: ocp.CheckpointManager(self.root / kind, options=options)
@@ -253,11 +255,12 @@ class Checkpoints:
         try:
             manager.save(step, args=self._ocp.args.StandardSave(state))
         except Exception as error:  # orbax wraps the OSError in its own types
+            self._failed = True
             raise self._write_error(kind, error) from None
 
     def _write_error(self, kind: str, error: BaseException) -> WriteError:
         cause = _os_error_in(error)
-        reason = os_reason(cause) if cause else f"{type(error).__name__}: {error}".splitlines()[0]
+        reason = os_reason(cause) if cause else _known_reason(str(error))
         return WriteError(f"cannot write checkpoint {self.root / kind}: {reason}")
 
     def discard_after(self, step: int) -> None:
@@ -295,8 +298,21 @@ class Checkpoints:
                 manager.close()
             except Exception as error:  # a background write that failed
                 failure = failure or self._write_error(kind, error)
+        if failure or self._failed:
+            remove_orphan_checkpoints(self.root)  # nothing is in flight any more
         if failure:
             raise failure
+
+
+def _known_reason(text: str) -> str:
+    """The operating system's reason inside a message of tensorstore's (which names no errno):
+    'No space left on device' rather than three lines about OCDBT manifests."""
+    for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO, errno.ENOTDIR):
+        if os.strerror(code) in text:
+            return os.strerror(code)
+    if "RESOURCE_EXHAUSTED" in text:
+        return os.strerror(errno.ENOSPC)
+    return (text.splitlines() or ["unknown error"])[0][:200]
 
 
 def _os_error_in(error: BaseException | None) -> OSError | None:
