@@ -183,7 +183,7 @@ def _build_sweep(path: Path, tree: Tree, max_trials: int) -> Sweep:
     if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,60}", name)):
         raise SpecError(("name",), "expected letters, digits, '_', '.', '-' (at most 60)")
     metric = tree.get("metric", DEFAULT_METRIC)
-    if metric not in METRICS:
+    if not isinstance(metric, str) or metric not in METRICS:  # a list is not hashable
         raise SpecError(("metric",), f"unknown metric {metric!r}; {suggest(str(metric), METRICS)}")
     if "grid" in tree and not tree["grid"]:
         raise SpecError(("grid",), "empty; give keys with lists of values, or leave grid out")
