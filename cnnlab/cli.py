@@ -441,8 +441,8 @@ def diagnostics(run: RunArg = "latest"):
     rows = read_diagnostics(run_dir)
     if not rows:
         raise UserError(f"run {run_dir.name} has no diagnostics yet (it logged nothing)")
+    summary = read_json(run_dir / "summary.json")  # read first: a damaged one is the only line
     console.print(diagnostics_table(rows))
-    summary = read_json(run_dir / "summary.json")
     for warning in summary.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if summary.get("failure"):

@@ -51,18 +51,33 @@ def quiet() -> None:
         absl.logging._warn_preinit_stderr = False  # "WARNING: Logging before flag parsing"
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if handler is not _buffer:
+        if _to_terminal(handler):
             root.removeHandler(handler)
     if _buffer not in root.handlers:
         root.addHandler(_buffer)
     root.setLevel(logging.INFO)
     for name in ("absl", "orbax", "asyncio", "tensorflow_datasets", "jax", "PIL", "etils"):
         logger = logging.getLogger(name)
-        logger.handlers.clear()  # absl and TFDS add stderr handlers of their own
+        for handler in list(logger.handlers):  # absl and TFDS add stderr handlers of their own
+            if _to_terminal(handler):
+                logger.removeHandler(handler)
         logger.propagate = True
     logging.captureWarnings(True)
     threading.excepthook = _thread_failed
     sys.unraisablehook = _unraisable
+
+
+def _to_terminal(handler: logging.Handler) -> bool:
+    """Handlers that print (absl's, logging's default): others, such as a test's capture, stay."""
+    if type(handler).__name__ == "ABSLHandler":
+        return True
+    stream = getattr(handler, "stream", None)
+    return isinstance(handler, logging.StreamHandler) and stream in (
+        sys.stderr,
+        sys.stdout,
+        sys.__stderr__,
+        sys.__stdout__,
+    )
 
 
 def _thread_failed(args) -> None:

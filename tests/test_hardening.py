@@ -271,6 +271,49 @@ def test_a_damaged_run_does_not_hide_the_others(cli, run, trained, isolated_runs
     assert "damaged" in compare.stdout
 
 
+def damage_checkpoints(run: Path, how: str) -> None:
+    for kind in ("best", "latest"):
+        step = run / "checkpoints" / kind / "20"
+        if how == "metadata":
+            (step / "_CHECKPOINT_METADATA").write_text("garbage")
+        elif how == "manifest":
+            for manifest in step.rglob("manifest.ocdbt"):
+                manifest.write_bytes(b"garbage")
+        else:  # cut every data file in half, as a crash mid-copy would
+            for data in (p for p in step.rglob("d/*") if p.is_file()):
+                data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("how", ["metadata", "manifest", "truncated data"])
+@pytest.mark.parametrize("command", ["eval", "train --resume"])
+def test_damaged_checkpoint_is_one_line_without_library_noise(how, command, cli, run):
+    """The right error, not inside a flood: orbax's and absl's lines go to the run's log."""
+    damage_checkpoints(run, how)
+    if command == "train --resume":
+        config = run / "config.yaml"
+        config.write_text(config.read_text().replace("steps: 20", "steps: 30"))
+        (run / "summary.json").unlink()
+    result = cli(*command.split(), run, expect=None)
+    output = result.stdout + result.stderr
+    assert "ERROR:absl" not in output and "Event loop is closed" not in output, output
+    if result.exit_code != 0:  # orbax reads some damage fine; what it cannot read is one line
+        one_error(result, "checkpoint", "cannot be read")
+        assert len(result.stderr.splitlines()) <= 2, result.stderr
+
+
+def test_library_noise_stays_off_the_terminal(run):
+    """In a real process absl and orbax print to stderr unless routed: a garbage checkpoint
+    metadata file made them print ERROR lines around cnnlab's output."""
+    damage_checkpoints(run, "metadata")
+    env = {**os.environ, "CNNLAB_RUNS_DIR": str(run.parent)}
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnlab", "eval", str(run)], env=env, capture_output=True, text=True
+    )
+    assert "ERROR:absl" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert done.returncode in (0, 2), done.stderr
+    assert len(done.stderr.splitlines()) <= 1, done.stderr
+
+
 def test_orphan_checkpoint_folders_are_not_checkpoints(cli, run):
     """A full disk leaves `<step>.orbax-checkpoint-tmp` folders: never counted, cleaned on save."""
     from cnnlab.runs import Checkpoints, checkpoint_steps

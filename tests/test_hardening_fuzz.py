@@ -109,9 +109,7 @@ SCHEMA_KEYS = [
 
 
 @FUZZ
-@given(
-    changes=st.lists(st.tuples(st.sampled_from(SCHEMA_KEYS), TREES), min_size=1, max_size=3)
-)
+@given(changes=st.lists(st.tuples(st.sampled_from(SCHEMA_KEYS), TREES), min_size=1, max_size=3))
 def test_random_schema_values_with_inspect(changes, isolated_runs):
     """Digits with schema keys set to random values: valid or one line, never a traceback
     (inspect builds the model and data without training, so it never makes a run folder)."""

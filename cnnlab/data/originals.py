@@ -27,6 +27,8 @@ def damaged(path: Path, error: BaseException) -> UserError:
     reason = getattr(error, "strerror", None) or (lines[0] if lines else type(error).__name__)
     if isinstance(error, EOFError):
         reason = f"it ends early, probably a cut-off download ({reason})"
+    elif isinstance(error, tarfile.ReadError):  # its message lists each method it tried
+        reason = "not a tar archive, or a damaged one"
     return UserError(f"cannot read {path}: {reason}; download it again")
 
 

@@ -115,8 +115,11 @@ def _check_args(
     for name in args:
         if name not in names and not open_ended:
             valid = [n for n in names if n not in fixed]
-            hint = suggest(name, valid) if valid else "it takes no arguments: remove `args`"
-            raise SpecError(("args", name), f"{title} takes no argument '{name}'; {hint}")
+            if not valid:  # "valid: " with nothing after it would puzzle
+                raise SpecError(("args",), f"{title} takes no arguments; remove `args`")
+            raise SpecError(
+                ("args", name), f"{title} takes no argument '{name}'; {suggest(name, valid)}"
+            )
     for p in named:
         if p.default is p.empty and p.name not in fixed and p.name not in args:
             raise SpecError(("args",), f"{title} needs the argument '{p.name}'")
