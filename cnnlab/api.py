@@ -138,7 +138,7 @@ def predict(run: Run | str | Path, images: Any, checkpoint: str = "best") -> np.
 
 
 def sweep(
-    path_or_name: str | Path,
+    path_or_name,
     parallel: int = 1,
     *,
     resume: Path | None = None,
@@ -146,13 +146,14 @@ def sweep(
     progress=None,
     log=None,
 ):
-    """Train a sweep file's trials (resuming an unfinished sweep of the same trials, or the
-    sweep folder `resume`); returns its result, whose `table` ranks the settings. `progress`
-    makes a per-trial progress factory from the sweep (see cnnlab.sweeps.console_progress)."""
-    from cnnlab.sweeps import load_sweep, run_sweep
+    """Train a sweep (a file, a name in experiments/sweeps/, or a loaded Sweep), resuming an
+    unfinished sweep of the same trials or the sweep folder `resume`; returns its result, whose
+    `table` ranks the settings. `progress` makes a per-trial progress factory from the sweep
+    (see cnnlab.sweeps.console_progress)."""
+    from cnnlab.sweeps import Sweep, load_sweep, run_sweep
 
     configure()
-    spec = load_sweep(path_or_name)
+    spec = path_or_name if isinstance(path_or_name, Sweep) else load_sweep(path_or_name)
     return run_sweep(
         spec,
         resume=resume,

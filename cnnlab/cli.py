@@ -1,11 +1,16 @@
 """The `cnnlab` command: thin Typer commands that parse, call one library function, and print.
 
 jax, flax and tensorflow-datasets are imported inside the commands, so `cnnlab --help` stays fast.
+
+Exit codes: 0 done; 1 a run that diverged, an overfit check that failed, or a write that failed
+mid-work (disk full); 2 bad input, named in one `error:` line before any work starts; 130
+interrupted (Ctrl-C), with the command that continues the run.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from cnnlab import logs
 from cnnlab.errors import SpecError, UserError
 
 app = typer.Typer(
@@ -38,29 +44,68 @@ RunArg = Annotated[str, typer.Argument(help="Run folder, part of a run name, or 
 
 
 def friendly(command):
-    """Bad input ends as one red line and exit code 2; Ctrl-C as exit code 130, no traceback."""
+    """Bad input ends as one red line and exit code 2; a failed write mid-work as one line and
+    exit 1; Ctrl-C as exit code 130; never a traceback. Library chatter goes to the log."""
 
     @functools.wraps(command)
     def run(*args, **kwargs):
         from cnnlab.environment import configure
 
+        logs.quiet()
         try:
             configure()
             return command(*args, **kwargs)
         except UserError as error:
-            errors.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
+            fail(str(error), getattr(error, "exit_code", 2), getattr(error, "hint", None))
+        except OSError as error:  # a write that failed after the checks (disk full, removed)
+            from cnnlab.files import os_reason
+
+            where = f"{error.filename}: " if error.filename else ""
+            fail(f"{where}{os_reason(error)}", 1, getattr(error, "hint", None))
+        except KeyboardInterrupt as interrupt:
             errors.print("interrupted")
+            if getattr(interrupt, "hint", None):
+                errors.print(interrupt.hint, highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
+        finally:
+            say_file_notes()
 
     return run
 
 
-def load(experiment: str | None, overrides: list[str] | None):
-    from cnnlab.config import load_experiment
+def fail(message: str, code: int, hint: str | None = None):
+    """The one `error:` line (and what to do next, when there is something to continue)."""
+    errors.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    if hint:
+        errors.print(hint, highlight=False, soft_wrap=True)
+    raise typer.Exit(code) from None
 
+
+def say_file_notes() -> None:
+    from cnnlab.files import take_notes
+
+    for message in take_notes():
+        errors.print(f"[yellow]note:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def load(experiment: str | None, overrides: list[str] | None):
+    from cnnlab.config import check_assignment, load_experiment
+
+    for assignment in overrides or []:
+        check_assignment(assignment)
     return load_experiment(experiment, overrides or [])
+
+
+def check_output(path: Path, suffixes: tuple[str, ...] = (".png",)) -> None:
+    from cnnlab.files import check_output_file
+
+    check_output_file(path, suffixes)
+
+
+def check_writable(folder: Path, what: str) -> None:
+    from cnnlab.files import check_folder_writable
+
+    check_folder_writable(folder, what)
 
 
 def say_notes(notes) -> None:
@@ -103,9 +148,14 @@ def train(
         str | None, typer.Option(help="Continue this run from its latest checkpoint.")
     ] = None,
 ):
-    """Train an experiment into a new run folder under runs/ (or --resume a stopped run)."""
+    """Train an experiment into a new run folder under runs/ (or --resume a stopped run).
+
+    Exits 0 when done, 1 when training diverged, 130 when interrupted (Ctrl-C: the run stops at
+    the next checkpoint and prints the command that continues it)."""
     from cnnlab import api
+    from cnnlab.files import WriteError
     from cnnlab.report import TrainProgress, summary_table
+    from cnnlab.runs import runs_dir
 
     if (experiment is None) == (resume is None):
         raise UserError("give an experiment file to train, or --resume RUN to continue a run")
@@ -113,19 +163,53 @@ def train(
         raise UserError("--set cannot change a run being resumed; train a new run with the changes")
     stopped = api.open_run(resume) if resume else None
     exp = load(stopped.path / "config.yaml" if stopped else experiment, set_)
-    with TrainProgress(console, exp.train.steps) as progress:
-        run = (
-            api.resume(stopped, progress=progress) if stopped else api.train(exp, progress=progress)
-        )
+    if stopped:
+        check_writable(stopped.path, "run folder")
+    else:
+        check_writable(runs_dir(), "runs folder")
+    started = time.time()
+    try:
+        with TrainProgress(console, exp.train.steps) as progress:
+            run = (
+                api.resume(stopped, progress=progress)
+                if stopped
+                else api.train(exp, progress=progress)
+            )
+    except (KeyboardInterrupt, UserError, OSError) as error:
+        folder = stopped.path if stopped else newest_run(exp.name, started)
+        logs.save(folder)
+        interrupted = isinstance(error, (KeyboardInterrupt, OSError, WriteError))
+        if isinstance(error, OSError) and not error.filename:
+            error.filename = str(folder or runs_dir())  # a flush names no file: name the run
+        if folder is not None and interrupted:
+            error.hint = f"continue with: cnnlab train --resume {folder}"
+        raise
+    logs.save(run.path)
     summary = run.summary
     console.print(summary_table(summary))
     if summary["status"] == "interrupted":
         console.print(f"stopped at step {summary['steps']}; latest checkpoint saved")
-        console.print(f"continue with: cnnlab train --resume {run.path}")
+        console.print(f"continue with: cnnlab train --resume {run.path}", highlight=False)
     console.print(f"run folder: {run.path}")
     if summary["status"] == "diverged":
         errors.print(f"[red]diverged:[/] {summary['failure']}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+    if summary["status"] == "interrupted":
+        raise typer.Exit(130)
+
+
+def newest_run(name: str, since: float) -> Path | None:
+    """The run folder a training run started at `since` made, if it got that far."""
+    from cnnlab.runs import runs_dir
+
+    root = runs_dir()
+    made = (
+        [p for p in root.glob(f"*_{name}*") if (p / "config.yaml").is_file()]
+        if root.is_dir()
+        else []
+    )
+    made = [p for p in made if p.stat().st_mtime >= since - 1]
+    return max(made, key=lambda p: p.stat().st_mtime, default=None)
 
 
 @app.command("eval")
@@ -143,7 +227,9 @@ def eval_(
     from cnnlab.runs import find_run
 
     run_dir = find_run(run)
+    check_writable(run_dir, "run folder")
     evaluation = evaluate_run(run_dir, split, checkpoint)
+    logs.save(run_dir)
     console.print(f"run folder: {run_dir}")
     console.print(evaluation_tables(evaluation))
     from cnnlab.plots import plot_confusion
@@ -170,13 +256,24 @@ def sweep(
     parallel: Annotated[
         int, typer.Option(min=1, help="Train up to N compatible trials together in one program.")
     ] = 1,
+    max_trials: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Allow a sweep of more trials than the default limit (see the README)."
+        ),
+    ] = None,
 ):
     """Train an experiment over a grid or random draws of settings and seeds; rank the settings."""
     from cnnlab import api
-    from cnnlab.sweeps import best_command, console_progress, sweep_table
+    from cnnlab.runs import runs_dir
+    from cnnlab.sweeps import best_command, console_progress, load_sweep, sweep_table
 
+    spec = load_sweep(sweep_file, max_trials=max_trials)  # bad files fail before any check
+    check_writable(
+        Path(resume) if resume else runs_dir(), "sweep folder" if resume else "runs folder"
+    )
     result = api.sweep(
-        sweep_file,
+        spec,
         parallel,
         resume=Path(resume) if resume else None,
         new=new,
@@ -236,6 +333,8 @@ def compare(
     from cnnlab.history import compare_table, print_table, resolve_runs
 
     run_dirs = resolve_runs(runs_)
+    if plot:
+        check_output(Path(out))
     print_table(console, compare_table(run_dirs))
     if plot:
         from cnnlab.plots import plot_compare
@@ -250,7 +349,9 @@ def plot(run: RunArg = "latest"):
     from cnnlab.plots import plot_curves
     from cnnlab.runs import find_run
 
-    console.print(f"curves: {plot_curves(find_run(run))}")
+    run_dir = find_run(run)
+    check_writable(run_dir, "run folder")
+    console.print(f"curves: {plot_curves(run_dir)}")
 
 
 @app.command()
@@ -271,6 +372,7 @@ def predict(
 
     run_dir = find_run(run)
     predictions = predict_files(run_dir, [Path(p) for p in images], top_k, checkpoint)
+    logs.save(run_dir)
     first = predictions[0]
     console.print(f"run folder: {run_dir} ({first.checkpoint} checkpoint, step {first.step})")
     console.print(predictions_table(predictions))
@@ -327,14 +429,14 @@ def data_list(data_dir: DataDir = None):
 def diagnostics(run: RunArg = "latest"):
     """Per-layer parameter and gradient norms, update ratios and dead ReLUs of a run, with trends."""
     from cnnlab.report import diagnostics_table
-    from cnnlab.runs import find_run, read_json, read_jsonl
+    from cnnlab.runs import find_run, read_diagnostics, read_json
 
     run_dir = find_run(run)
-    rows = read_jsonl(run_dir / "diagnostics.jsonl")
+    rows = read_diagnostics(run_dir)
     if not rows:
         raise UserError(f"run {run_dir.name} has no diagnostics yet (it logged nothing)")
+    summary = read_json(run_dir / "summary.json")  # read first: a damaged one is the only line
     console.print(diagnostics_table(rows))
-    summary = read_json(run_dir / "summary.json")
     for warning in summary.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if summary.get("failure"):
@@ -358,6 +460,7 @@ def lr_find(
     from cnnlab.lr_find import plot_range_test
 
     exp = load(experiment, set_)
+    check_output(out)
     console.print(f"lr-find [bold]{exp.name}[/]: {steps} steps, rate {min_lr:g} -> {max_lr:g}")
     result = range_test(exp, min_lr=min_lr, max_lr=max_lr, steps=steps)
     plot_range_test(result, out)
@@ -412,6 +515,7 @@ def augment(
     from cnnlab.training import load_data
 
     exp = load(experiment, set_)
+    check_output(out)
     dataset = load_data(exp)
     try:
         pipeline = build_augment(exp.augment, dataset.image_shape, dataset.num_classes)

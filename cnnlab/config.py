@@ -13,12 +13,22 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from cnnlab.errors import SpecError, UserError, suggest
+from cnnlab.files import Tree, TreeList, loader_for, write_text
+from cnnlab.files import read_yaml as files_read_yaml
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # A source checkout keeps experiments/ beside the package; a wheel carries a copy inside it.
@@ -34,69 +44,27 @@ PATH_KEYS = {
     "model": [("python",)],
 }
 
+# Limits (the README's "Limits" section states them).
+MAX_STEPS = 10_000_000  # a week of the biggest preset on a GPU; 1e12 is a typo, not a plan
+MAX_SEED = 2**32 - 1  # what numpy and JAX take as a seed
+# A fragment is named, not pointed at: `model: ../digits` must not leave the fragment folder.
+_FRAGMENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+# A --set key: dotted names, each a YAML key (no brackets, no empty parts).
+_SET_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
 
 # ---------------------------------------------------------------------------------------------
 # YAML with source locations
 
 
-class Tree(dict):
-    """A YAML mapping that remembers where each of its keys was written."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.where: dict[Any, str] = {}
-        self.whole = False  # a fragment: replaces rather than merges into what it overrides
-
-
-class TreeList(list):
-    def __init__(self, *args):
-        super().__init__(*args)
-        self.where: list[str] = []
-
-
-_FLOAT = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)$")
-
-
-def _loader_for(path: Path) -> type[yaml.SafeLoader]:
-    class Loader(yaml.SafeLoader):
-        pass
-
-    def mapping(loader, node):
-        loader.flatten_mapping(node)
-        tree = Tree()
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            where = f"{path}:{key_node.start_mark.line + 1}"
-            if key in tree:
-                raise UserError(f"{where}: duplicate key '{key}'")
-            tree[key] = loader.construct_object(value_node, deep=True)
-            tree.where[key] = where
-        return tree
-
-    def sequence(loader, node):
-        items = TreeList(loader.construct_object(child, deep=True) for child in node.value)
-        items.where = [f"{path}:{child.start_mark.line + 1}" for child in node.value]
-        return items
-
-    # YAML 1.1 reads 3e-4 (no dot) as a string; people mean a number.
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
-    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, sequence)
-    return Loader
+# Trees and the guarded loader live in cnnlab.files (the one reader of every file cnnlab is
+# given); `_loader_for` keeps its name here for `--set` values.
+_loader_for = loader_for
 
 
 def read_yaml(path: Path) -> Any:
-    """Parse one YAML file into Trees; malformed YAML is a one-line error with the line."""
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror}") from None
-    try:
-        return yaml.load(text, Loader=_loader_for(path))  # noqa: S506 - SafeLoader subclass
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        line = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{line}: malformed YAML: {error.problem or error.context}") from None
+    """Parse one YAML file into Trees; any problem with its bytes is a one-line error with the line."""
+    return files_read_yaml(path)
 
 
 def locate(tree: Any, loc: Sequence) -> str:
@@ -160,6 +128,12 @@ def find_experiment(name: str | Path) -> Path:
 
 def _find_fragment(kind: str, name: str, near: Path) -> Path:
     folder = FRAGMENT_DIRS[kind]
+    if not _FRAGMENT_NAME.match(name) or ".." in name:
+        raise SpecError(
+            (kind,),
+            f"'{name}' is not a fragment name: give the name of a file in {folder}/ "
+            f"(letters, digits, _ . -), or write the {kind} mapping here",
+        )
     places = [
         near / folder,
         near.parent / folder,
@@ -276,6 +250,25 @@ def set_key(tree: Tree, key: str, value: Any, where: str) -> None:
         _resolve_fragments(tree, Path.cwd(), where)
 
 
+def check_assignment(assignment: str) -> None:
+    """A `--set KEY=VALUE` whose key `apply_override` can follow: dotted names only."""
+    key, sep, _ = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        return  # apply_override explains KEY=VALUE
+    if "[" in key or "]" in key:
+        head = key.split("[", 1)[0]
+        raise UserError(
+            f"--set {assignment!r}: list items cannot be set one by one; set the whole list, "
+            f"e.g. --set '{head}=[...]', or edit the experiment file"
+        )
+    if not _SET_KEY.match(key):
+        raise UserError(
+            f"--set {assignment!r}: '{key}' is not a dotted key; write names joined by single "
+            "dots, e.g. --set train.steps=5"
+        )
+
+
 def apply_override(tree: Tree, assignment: str) -> None:
     """`optimizer.lr=3e-4`: set a dotted key to a YAML-parsed value."""
     key, sep, text = assignment.partition("=")
@@ -292,6 +285,16 @@ def apply_override(tree: Tree, assignment: str) -> None:
 # The typed experiment
 
 
+def _not_bool(value: Any) -> Any:
+    # YAML reads `true` as a bool, and pydantic would take it as 1
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    return value
+
+
+Whole = Annotated[int, BeforeValidator(_not_bool)]
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -305,17 +308,17 @@ class DataConfig(_Section):
 
 
 class EarlyStop(_Section):
-    patience_evals: int = Field(5, ge=1)  # evaluations without improvement before stopping
+    patience_evals: Whole = Field(5, ge=1)  # evaluations without improvement before stopping
     min_delta: float = Field(0.0, ge=0.0)  # validation accuracy gain that counts as improvement
 
 
 class TrainConfig(_Section):
-    steps: int = Field(1000, ge=1)
-    batch_size: int = Field(128, ge=1)
-    eval_every_steps: int = Field(500, ge=1)
-    log_every_steps: int = Field(100, ge=1)
-    steps_per_call: int = Field(10, ge=1)  # steps fused into one compiled call (lax.scan)
-    seed: int = Field(0, ge=0)
+    steps: Whole = Field(1000, ge=1, le=MAX_STEPS)
+    batch_size: Whole = Field(128, ge=1)  # at most the training split: checked when data is loaded
+    eval_every_steps: Whole = Field(500, ge=1)
+    log_every_steps: Whole = Field(100, ge=1)
+    steps_per_call: Whole = Field(10, ge=1)  # steps fused into one compiled call (lax.scan)
+    seed: Whole = Field(0, ge=0, le=MAX_SEED)
     early_stop: EarlyStop | None = None  # stop on a validation plateau, keeping the best checkpoint
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     precision: Literal["float32", "bf16"] = (
@@ -453,5 +456,19 @@ def with_settings(experiment: Experiment, settings: dict[str, Any], where: str) 
         raise located_error(tree, error) from None
 
 
+def check_batch_size(experiment: Experiment, train_examples: int) -> None:
+    """A batch larger than the training split would be cut down silently: refuse it instead,
+    with the numbers, at the line that set it."""
+    batch = experiment.train.batch_size
+    if batch > train_examples:
+        raise experiment.user_error(
+            SpecError(
+                ("train", "batch_size"),
+                f"{batch} is larger than the training split ({train_examples} images after "
+                f"{experiment.data.val_fraction:g} went to validation); use at most {train_examples}",
+            )
+        )
+
+
 def dump_experiment(experiment: Experiment, path: Path) -> None:
-    path.write_text(yaml.safe_dump(experiment.raw, sort_keys=False))
+    write_text(path, yaml.safe_dump(experiment.raw, sort_keys=False))

@@ -1,4 +1,8 @@
-"""Past runs: list them, show one, compare several (config differences and results)."""
+"""Past runs: list them, show one, compare several (config differences and results).
+
+A run folder may be damaged (a crash, a full disk, a hand edit): such a run is listed with
+what is wrong in its status, and never stops the others from being listed.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from rich.table import Table
 from rich.text import Text
 
 from cnnlab.errors import UserError
-from cnnlab.runs import read_json, read_metrics, runs_dir
+from cnnlab.files import DamagedFile
+from cnnlab.runs import checkpoint_steps, read_json, read_metrics, runs_dir
 
 STAMP_FORMAT = "%Y-%m-%d_%H-%M-%S"
 STAMP_LENGTH = len("2026-01-01_00-00-00")
@@ -42,11 +47,23 @@ class RunInfo:
 
 def read_config(run_dir: Path) -> dict:
     """The run's resolved config.yaml as plain data ({} when unreadable)."""
+    from cnnlab.config import read_yaml, to_plain
+
     try:
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
+        config = to_plain(read_yaml(run_dir / "config.yaml"))
+    except UserError:
         return {}
     return config if isinstance(config, dict) else {}
+
+
+def _number(value: Any) -> float | None:
+    """A number from a run file, or None when it holds something else."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return value if ok else None
+
+
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def started_at(run_dir: Path) -> datetime | None:
@@ -74,33 +91,68 @@ def describe_model(model: Any) -> str:
 
 
 def best_val_accuracy(summary: dict, metrics: list[dict]) -> float | None:
-    best = summary.get("best") or {}
-    if "val_accuracy" in best:
+    best = _mapping(summary.get("best"))
+    if _number(best.get("val_accuracy")) is not None:
         return best["val_accuracy"]
     values = [row["accuracy"] for row in metrics if row.get("split") == "val"]
     return max(values) if values else None
 
 
+def unfinished_status(run_dir: Path, metrics: list[dict]) -> str:
+    """A run without a summary: still running or stopped, and whether it can be resumed from a
+    complete checkpoint (half-written ones do not count)."""
+    if not metrics:
+        return "no metrics"
+    steps = checkpoint_steps(run_dir, "latest")
+    kept = f"checkpoint at step {steps[-1]}" if steps else "no complete checkpoint"
+    return f"running or stopped; {kept}"
+
+
 def run_info(run_dir: Path) -> RunInfo:
     """What a run folder holds, read from config.yaml, summary.json, metrics and eval_test.json;
-    a run still in progress (no summary yet) is described from its metrics."""
+    a run still in progress (no summary yet) is described from its metrics, and a damaged one
+    says what is damaged in its status."""
+    try:
+        return _run_info(run_dir)
+    except DamagedFile as error:
+        return _damaged_info(run_dir, error)
+
+
+def _damaged_info(run_dir: Path, error: DamagedFile) -> RunInfo:
+    config = read_config(run_dir)
+    return RunInfo(
+        path=run_dir,
+        name=str(config.get("name") or run_dir.name),
+        started=started_at(run_dir),
+        status=f"damaged: {error.path.name} {error.reason}",
+        dataset=str(_mapping(config.get("data")).get("source") or MISSING),
+        model=describe_model(config.get("model")),
+        steps=None,
+        wall_seconds=None,
+        best_val_accuracy=None,
+        test_accuracy=None,
+    )
+
+
+def _run_info(run_dir: Path) -> RunInfo:
     config = read_config(run_dir)
     summary = read_json(run_dir / "summary.json")
     metrics = [] if summary.get("best") else read_metrics(run_dir)
     last = metrics[-1] if metrics else {}
     test = read_json(run_dir / "eval_test.json")
-    data = config.get("data") or {}
+    data = _mapping(config.get("data"))
+    status = summary.get("status")
     return RunInfo(
         path=run_dir,
-        name=config.get("name") or summary.get("name") or run_dir.name,
+        name=str(config.get("name") or summary.get("name") or run_dir.name),
         started=started_at(run_dir),
-        status=summary.get("status", "running or stopped" if metrics else "no metrics"),
-        dataset=(summary.get("dataset") or {}).get("name") or data.get("source") or MISSING,
+        status=str(status) if status else unfinished_status(run_dir, metrics),
+        dataset=str(_mapping(summary.get("dataset")).get("name") or data.get("source") or MISSING),
         model=describe_model(config.get("model")),
-        steps=summary.get("steps", last.get("step")),
-        wall_seconds=summary.get("wall_seconds", last.get("wall_time")),
+        steps=_number(summary.get("steps", last.get("step"))),
+        wall_seconds=_number(summary.get("wall_seconds", last.get("wall_time"))),
         best_val_accuracy=best_val_accuracy(summary, metrics),
-        test_accuracy=test.get("top1"),
+        test_accuracy=_number(test.get("top1")),
     )
 
 
@@ -175,8 +227,14 @@ def runs_table(infos: Sequence[RunInfo], title: str = "runs") -> Table:
 
 
 def evaluations(run_dir: Path) -> list[dict]:
-    """The saved evaluations of a run (eval_test.json, eval_val.json), test first."""
-    found = [read_json(run_dir / f"eval_{split}.json") for split in ("test", "val")]
+    """The saved evaluations of a run (eval_test.json, eval_val.json), test first; a damaged one
+    is left out (`show` says so)."""
+    found = []
+    for split in ("test", "val"):
+        try:
+            found.append(read_json(run_dir / f"eval_{split}.json"))
+        except DamagedFile:
+            continue
     return [evaluation for evaluation in found if evaluation]
 
 
@@ -209,26 +267,38 @@ def show_run(run_dir: Path) -> Group:
     parts.append(
         Syntax(config_text.rstrip(), "yaml", theme="ansi_dark", background_color="default")
     )
-    summary = read_json(run_dir / "summary.json")
-    if summary:
-        parts.append(summary_table(summary))
+    info = run_info(run_dir)
+    summary = {} if info.status.startswith("damaged") else read_json(run_dir / "summary.json")
+    table = _guarded_table(summary_table, summary, "summary.json") if summary else None
+    if table is not None:
+        parts.append(table)
+    elif info.status.startswith("damaged"):
+        parts.append(Text(info.status, style="red"))
     else:
-        info = run_info(run_dir)
         parts.append(
             Text(
-                f"no summary.json yet (running or stopped): step {info.steps}, "
+                f"no summary.json yet ({info.status}): step {info.steps}, "
                 f"best val accuracy {percent(info.best_val_accuracy)}"
             )
         )
     found = evaluations(run_dir)
     if found:
-        parts.append(evaluations_table(found))
+        parts.append(_guarded_table(evaluations_table, found, "eval_*.json"))
     else:
         parts.append(Text(f"not evaluated yet: cnnlab eval {run_dir}", style="dim"))
     pictures = sorted(run_dir.glob("*.png"))
     if pictures:
         parts.append(Text("plots: " + ", ".join(str(p) for p in pictures)))
     return Group(*parts)
+
+
+def _guarded_table(make, data, name: str):
+    """A table of a run file's contents, or one line saying the file holds something else
+    (a hand edit, another version): showing the rest of the run matters more."""
+    try:
+        return make(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        return Text(f"{name} is damaged ({type(error).__name__}: {error}); not shown", style="red")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -55,7 +55,8 @@ def _no_bool(value: Any) -> Any:
     return value
 
 
-Number = Annotated[float, BeforeValidator(_no_bool)]
+# Finite: an infinite rate (`.inf`) would pass `gt=0` and diverge at the first step.
+Number = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]
 Count = Annotated[int, BeforeValidator(_no_bool)]
 
 

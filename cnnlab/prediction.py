@@ -25,21 +25,14 @@ class Prediction:
 
 
 def open_image(path: Path):
-    """A decoded Pillow image, turned upright by its EXIF orientation; unreadable files are a
-    one-line error naming the file."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    """A decoded Pillow image, turned upright by its EXIF orientation; unreadable, damaged or
+    oversized files (files.MAX_IMAGE_PIXELS) are a one-line error naming the file."""
+    from PIL import ImageOps
 
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return ImageOps.exif_transpose(image)
-    except FileNotFoundError:
-        raise UserError(f"image not found: {path}") from None
-    except IsADirectoryError:
-        raise UserError(f"{path} is a folder, not an image file") from None
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        reason = getattr(error, "strerror", None) or "not a PNG or JPEG file, or damaged"
-        raise UserError(f"cannot read image {path}: {reason}") from None
+    from cnnlab.files import read_image
+
+    with read_image(path, path) as image:
+        return ImageOps.exif_transpose(image)
 
 
 def to_input(image, shape: Sequence[int]) -> np.ndarray:

@@ -13,6 +13,7 @@ from cnnlab.config import Experiment
 from cnnlab.data.dataset import Split
 from cnnlab.diagnostics import GradientWatch, OverfitWatch, first_nonfinite
 from cnnlab.errors import UserError
+from cnnlab.files import note
 from cnnlab.runs import Checkpoints, MetricsWriter, read_metrics, rewrite_metrics, write_json
 from cnnlab.step import Program, logits, scores
 
@@ -48,10 +49,10 @@ class RunRecord:
     # -- resume -----------------------------------------------------------------------------
 
     def resume(self, like):
-        """The latest checkpoint, with metrics after it dropped and the watchers replayed. A run
-        killed before its first checkpoint was committed starts again from `like`."""
-        has_checkpoint = self.checkpoints.step("latest") is not None
-        state = self.checkpoints.restore("latest", like) if has_checkpoint else like
+        """The latest checkpoint, with metrics after it dropped and the watchers replayed.
+        Without one, the best checkpoint (with a note); without any, a run that recorded nothing
+        starts again from `like`, and one that did is refused rather than wiped."""
+        state = self._resume_point(like)
         step = int(state.step)
         if step >= self.cfg.steps:
             raise UserError(f"run {self.run_dir.name} already finished its {self.cfg.steps} steps")
@@ -68,6 +69,24 @@ class RunRecord:
                 )
         self.first_step = step
         return state
+
+    def _resume_point(self, like):
+        if self.checkpoints.step("latest") is not None:
+            return self.checkpoints.restore("latest", like)
+        best = self.checkpoints.step("best")
+        if best is not None:
+            note(
+                f"run {self.run_dir.name} has no latest checkpoint; resuming from its best (step {best})"
+            )
+            return self.checkpoints.restore("best", like)
+        rows = read_metrics(self.run_dir)
+        if rows:
+            raise UserError(
+                f"run {self.run_dir.name} recorded metrics up to step {rows[-1]['step']} but kept no "
+                "checkpoint to resume from; train it again as a new run: "
+                f"cnnlab train {self.run_dir / 'config.yaml'}"
+            )
+        return like
 
     def start(self) -> None:
         self.metrics = MetricsWriter(self.run_dir, purge_after=self.first_step)

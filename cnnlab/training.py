@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnlab.config import Experiment, dump_experiment, load_experiment
+from cnnlab.config import Experiment, check_batch_size, dump_experiment, load_experiment
 from cnnlab.data import load_dataset
 from cnnlab.data.dataset import Dataset, Split, split_validation
 from cnnlab.errors import SpecError, UserError
@@ -125,6 +125,7 @@ def setup(experiment: Experiment) -> Setup:
     train, val = split_validation(
         dataset.train, experiment.data.val_fraction, experiment.train.seed
     )
+    check_batch_size(experiment, len(train))
     program = build_program(experiment, dataset.image_shape, dataset.num_classes, len(train))
     return Setup(experiment, dataset, train, val, program)
 

@@ -109,7 +109,7 @@ def decode_images(
     name: str, source: Path, images: Iterator[tuple[tuple[str, ...], bytes]]
 ) -> Dataset:
     """Decode (relative path parts, file bytes) pairs into a Dataset, checking layout and sizes."""
-    from PIL import Image, UnidentifiedImageError
+    from cnnlab.files import read_image
 
     arrays, keys, wrappers = [], [], set()
     first = None  # (size, file) of the first image: every other must match
@@ -120,13 +120,10 @@ def decode_images(
         wrapper, split, label = place
         wrappers.add(wrapper)
         file = "/".join(parts)
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                size, grey = image.size, image.mode in GREY_MODES
-                array = np.asarray(image.convert("L" if grey else "RGB"))
-        except (UnidentifiedImageError, OSError) as error:
-            raise UserError(f"{source}: cannot decode {file}: {error}") from None
+        # errors name the image by its path, not by the in-memory file holding its bytes
+        with read_image(io.BytesIO(data), f"{source}/{file}") as image:
+            size, grey = image.size, image.mode in GREY_MODES
+            array = np.asarray(image.convert("L" if grey else "RGB"))
         if first is None:
             first = (size, file)
         elif size != first[0]:
@@ -153,6 +150,11 @@ def _assemble(
                 f"{source} has no {split}/ folder with images; an image folder holds {LAYOUT}"
             )
     class_names = tuple(sorted({label for split, label, _ in keys if split == "train"}))
+    if len(class_names) < 2:
+        raise UserError(
+            f"{source}: train/ holds one class ({class_names[0]}); a classifier needs at least "
+            "two class folders, train/<class>/ for each"
+        )
     unknown = sorted({label for split, label, _ in keys if split == "test"} - set(class_names))
     if unknown:
         raise UserError(f"{source}: test/ has classes that train/ lacks: {', '.join(unknown)}")

@@ -10,12 +10,27 @@ import gzip
 import io
 import pickle
 import tarfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cnnlab.errors import UserError
+
+# What a truncated or damaged gzip, tar or pickle raises: each becomes one line naming the file.
+ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, OSError)
+
+
+def damaged(path: Path, error: BaseException) -> UserError:
+    lines = str(error).splitlines()
+    reason = getattr(error, "strerror", None) or (lines[0] if lines else type(error).__name__)
+    if isinstance(error, EOFError):
+        reason = f"it ends early, probably a cut-off download ({reason})"
+    elif isinstance(error, tarfile.ReadError):  # its message lists each method it tried
+        reason = "not a tar archive, or a damaged one"
+    return UserError(f"cannot read {path}: {reason}; download it again")
+
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
@@ -113,9 +128,12 @@ def find_idx_files(folder: Path) -> dict[str, Path]:
 
 def read_idx(path: Path) -> np.ndarray:
     """One IDX file (gzipped or not) as a uint8 array of the shape its header gives."""
-    raw = Path(path).read_bytes()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+    try:
+        raw = Path(path).read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except ARCHIVE_ERRORS as error:
+        raise damaged(path, error) from None
     if len(raw) < 4 or raw[0:2] != b"\0\0" or raw[2] != 0x08:
         raise UserError(f"{path} is not an IDX file of unsigned bytes")
     ndim = raw[3]
@@ -154,15 +172,19 @@ class Archive:
         else:
             try:
                 self._tar = tarfile.open(self.path)  # noqa: SIM115 - Archive.close() closes it
-            except (tarfile.TarError, OSError) as error:
-                raise UserError(f"cannot read {self.path} as a tarball: {error}") from None
-            self._members = {Path(m.name).name: m for m in self._tar.getmembers() if m.isfile()}
+                members = self._tar.getmembers()  # reads to the end: a cut-off file fails here
+            except ARCHIVE_ERRORS as error:
+                raise damaged(self.path, error) from None
+            self._members = {Path(m.name).name: m for m in members if m.isfile()}
             self.names = set(self._members)
 
     def read(self, name: str) -> bytes:
-        if self._tar is None:
-            return (self.path / name).read_bytes()
-        return self._tar.extractfile(self._members[name]).read()
+        try:
+            if self._tar is None:
+                return (self.path / name).read_bytes()
+            return self._tar.extractfile(self._members[name]).read()
+        except ARCHIVE_ERRORS as error:
+            raise damaged(self.path, error) from None
 
     def close(self) -> None:
         if self._tar is not None:

@@ -8,7 +8,9 @@ reads them, in the same order as a dataset built by the stock builder with Tenso
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import socket
 import urllib.parse
 from collections.abc import Callable
@@ -28,6 +30,7 @@ from cnnlab.data.originals import (
     read_idx_originals,
 )
 from cnnlab.errors import UserError, suggest
+from cnnlab.logs import disable_progress_bars
 
 TFDS_NAMES = ("mnist", "fashion_mnist", "cifar10", "cifar100")
 
@@ -120,6 +123,10 @@ def _builder(name: str, data_dir: Path, read_originals: Callable, download_urls:
 
 def _local_reader(name: str, from_dir: Path) -> Callable:
     """Locate the originals in `from_dir` now (clear error before any work), read them later."""
+    if from_dir.is_file():
+        raise UserError(
+            f"--from {from_dir}: a file; give the folder that holds {', '.join(ORIGINAL_FILES[name])}"
+        )
     if not from_dir.is_dir():
         raise UserError(f"--from {from_dir}: no such folder")
     if name in CIFAR_LAYOUTS:
@@ -143,8 +150,10 @@ def mirrored_urls(name: str, mirror: str | None, checksums: str | Path | None) -
     """
     from tensorflow_datasets.core.download import checksums as tfds_checksums
 
+    if mirror is not None and urllib.parse.urlsplit(mirror).scheme not in ("http", "https"):
+        raise UserError(f"--mirror {mirror}: not a URL; give one such as https://host/path")
     if checksums is not None:
-        table = tfds_checksums.load_url_infos(Path(checksums))
+        table = _load_checksums(tfds_checksums, Path(checksums).expanduser())
         if mirror is None:
             return table
         by_file = {info.filename or url.rsplit("/", 1)[-1]: info for url, info in table.items()}
@@ -154,6 +163,18 @@ def mirrored_urls(name: str, mirror: str | None, checksums: str | Path | None) -
             return stock
         by_file = {info.filename or url.rsplit("/", 1)[-1]: info for url, info in stock.items()}
     return {mirror.rstrip("/") + "/" + file: info for file, info in by_file.items()}
+
+
+def _load_checksums(tfds_checksums, path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"--checksums {path}: no such file")
+    try:
+        return tfds_checksums.load_url_infos(path)
+    except (ValueError, KeyError, TypeError, OSError) as error:
+        raise UserError(
+            f"--checksums {path}: not a TFDS checksums file (url, size, sha256 and file name "
+            f"separated by tabs, one line a file): {str(error).splitlines()[0]}"
+        ) from None
 
 
 def _download_reader(name: str, urls: dict) -> Callable:
@@ -200,8 +221,12 @@ def prepare(
     if is_prepared(builder):
         return Path(builder.data_dir)
     config = tfds_download.DownloadConfig(force_checksums_validation=True, try_download_gcs=False)
+    disable_progress_bars()
     try:
-        builder.download_and_prepare(download_config=config, file_format="array_record")
+        # TFDS prints a banner to stdout ("Downloading and preparing dataset Unknown size");
+        # it goes to the log instead, so an error is the only line on the terminal.
+        with contextlib.redirect_stdout(_LogWriter()):
+            builder.download_and_prepare(download_config=config, file_format="array_record")
     except NonMatchingChecksumError as error:
         raise UserError(
             f"{name}: a downloaded file does not match its registered checksum: {error}"
@@ -212,6 +237,13 @@ def prepare(
             f"`cnnlab data prepare {name} --from DIR`"
         ) from None
     return Path(builder.data_dir)
+
+
+class _LogWriter(io.StringIO):
+    def write(self, text: str) -> int:
+        if text.strip():
+            logging.getLogger("tensorflow_datasets").info(text.strip())
+        return len(text)
 
 
 def check_reachable(name: str, urls, timeout_s: float = 10) -> None:

@@ -82,7 +82,9 @@ def load_module(file: Path) -> Any:
         sys.modules[module_name] = module  # dataclasses and pickling look modules up here
         try:
             spec.loader.exec_module(module)
-        except Exception as error:
+        except (Exception, SystemExit, KeyboardInterrupt) as error:
+            # A file that calls exit() or raises KeyboardInterrupt at import would otherwise end
+            # cnnlab silently (exit 0) or look like Ctrl-C: it is an error in that file.
             del sys.modules[module_name]
             raise UserError(f"{file}: importing it failed: {_explain(error, file)}") from error
         _LOADED[key] = module
@@ -113,6 +115,8 @@ def _check_args(
     for name in args:
         if name not in names and not open_ended:
             valid = [n for n in names if n not in fixed]
+            if not valid:  # "valid: " with nothing after it would puzzle
+                raise SpecError(("args",), f"{title} takes no arguments; remove `args`")
             raise SpecError(
                 ("args", name), f"{title} takes no argument '{name}'; {suggest(name, valid)}"
             )
@@ -155,7 +159,7 @@ def _guarded(spec: PythonModelSpec, run: Callable[[], Any]) -> Any:
         return run()
     except UserError:
         raise
-    except Exception as error:
+    except (Exception, SystemExit) as error:  # exit() in user code is an error, not "done"
         raise UserError(f"{spec.title}: {_explain(error, spec.file)}") from error
 
 

@@ -32,6 +32,7 @@ from cnnlab.models.layers import LAYERS, LayerSpec
 from cnnlab.models.python_layer import parse_python_layer
 
 BLOCKS = ("residual", "repeat")
+MAX_LAYERS = 10_000  # layers once repeats are written out (residual bodies counted too)
 SOFTMAX_NOTE = "the final softmax was dropped: the loss takes logits and applies softmax itself"
 
 
@@ -111,9 +112,27 @@ def parse_layers(raw: Any, loc: tuple) -> tuple[LayerSpec, ...]:
     if not _is_list(raw) or not raw:
         raise SpecError(loc, "expected a non-empty list of layers")
     layers: list[LayerSpec] = []
+    total = 0
     for index, item in enumerate(raw):
-        layers += _parse_item(item, loc + (index,))
+        parsed = _parse_item(item, loc + (index,))
+        total += count_layers(parsed)
+        _check_size(total, loc + (index,))
+        layers += parsed
     return tuple(layers)
+
+
+def count_layers(layers: Sequence[LayerSpec]) -> int:
+    """Layers, counting those inside residual bodies."""
+    return sum(1 + count_layers(layer.body) for layer in layers)
+
+
+def _check_size(count: int, loc: tuple) -> None:
+    if count > MAX_LAYERS:
+        raise SpecError(
+            loc,
+            f"the model would have {count:,} layers once repeats are written out; "
+            f"at most {MAX_LAYERS:,}",
+        )
 
 
 def _parse_item(item: Any, loc: tuple) -> list[LayerSpec]:
@@ -148,7 +167,9 @@ def _parse_repeat(item: Mapping, loc: tuple) -> list[LayerSpec]:
         )
     if "layers" not in item:
         raise SpecError(loc, "a repeat block needs its layers: {repeat: 2, layers: [...]}")
-    return list(parse_layers(item["layers"], loc + ("layers",))) * times
+    body = parse_layers(item["layers"], loc + ("layers",))
+    _check_size(count_layers(body) * times, loc + ("repeat",))  # counted before writing out
+    return list(body) * times
 
 
 def _parse_layer(kind: Any, value: Any, loc: tuple, args_loc: tuple) -> LayerSpec:

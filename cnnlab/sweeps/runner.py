@@ -10,7 +10,9 @@ from typing import Any
 
 import yaml
 
+from cnnlab.config import read_yaml, to_plain
 from cnnlab.errors import UserError
+from cnnlab.files import DamagedFile, write_text
 from cnnlab.runs import create_run_dir, read_json, runs_dir, write_json
 from cnnlab.sweeps.results import FINISHED, SweepResult, collect_results, trial_dir, write_results
 from cnnlab.sweeps.spec import Sweep, Trial, digest
@@ -46,12 +48,16 @@ Jobs = Sequence[tuple[Trial, Path]]  # trials to train, each with its run folder
 
 
 def _same_config(trial: Trial, run_dir: Path) -> bool:
+    """Whether the run in `run_dir` was trained from exactly this trial's experiment (a damaged
+    config.yaml is not: the trial trains again)."""
     config = run_dir / "config.yaml"
     if not config.is_file():
         return False
-    return yaml.safe_load(config.read_text()) == yaml.safe_load(
-        yaml.safe_dump(trial.experiment.raw)
-    )
+    try:
+        trained = to_plain(read_yaml(config))
+    except DamagedFile:
+        return False
+    return trained == yaml.safe_load(yaml.safe_dump(trial.experiment.raw))
 
 
 def can_resume(trial: Trial, run_dir: Path) -> bool:
@@ -120,8 +126,13 @@ def _train_together(members: Jobs, progress: Progress | None, log) -> bool:
 
 
 def trial_finished(trial: Trial, run_dir: Path) -> bool:
-    """Whether `run_dir` holds a completed run of exactly this trial's experiment."""
-    if read_json(run_dir / "summary.json").get("status") not in FINISHED:
+    """Whether `run_dir` holds a completed run of exactly this trial's experiment (a damaged
+    summary means not: the trial trains again)."""
+    try:
+        status = read_json(run_dir / "summary.json").get("status")
+    except DamagedFile:
+        return False
+    if status not in FINISHED:
         return False
     if not _same_config(trial, run_dir):
         raise UserError(
@@ -140,7 +151,7 @@ def open_sweep_dir(sweep: Sweep, resume: Path | None = None, new: bool = False) 
         folder = None if new else _newest_unfinished(sweep)
         folder = folder or create_run_dir(f"sweep_{sweep.name}", runs_dir())
     (folder / "trials").mkdir(parents=True, exist_ok=True)
-    (folder / "sweep.yaml").write_text(sweep.text)
+    write_text(folder / "sweep.yaml", sweep.text)
     write_json(folder / "sweep.json", _sweep_record(sweep))
     return folder
 

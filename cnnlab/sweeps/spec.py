@@ -43,6 +43,7 @@ SWEEP_KEYS = ("base", "name", "metric", "grid", "random", "seeds", "set")
 RANDOM_KEYS = ("trials", "seed", "params")
 DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "choice")
 SEED_KEY = "train.seed"
+MAX_TRIALS = 1000  # above this a sweep needs --max-trials: 10^6 trials is a typo, not a plan
 DRAW_DIGITS = 4  # significant digits kept of a drawn float: readable, and exact in a --set line
 # YAML 1.1 reads 1e-4 (no dot) as text; in a sweep it is meant as a number.
 _BARE_EXPONENT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
@@ -151,10 +152,12 @@ def find_sweep(name: str | Path) -> Path:
     )
 
 
-def load_sweep(name: str | Path) -> Sweep:
+def load_sweep(name: str | Path, max_trials: int | None = None) -> Sweep:
     """Read a sweep file and validate it and every trial's experiment; nothing is trained.
 
     Errors are one line, `file:line: key: message`, at the sweep file's line where possible.
+    Trials are counted before any is made: more than `max_trials` (default MAX_TRIALS) is an
+    error that says how to allow them.
     """
     path = find_sweep(name)
     tree = read_yaml(path)
@@ -164,12 +167,12 @@ def load_sweep(name: str | Path) -> Sweep:
         raise UserError(f"{path}:1: a sweep file must be a mapping of keys (base, grid, ...)")
     tree.source = f"{path}:1"
     try:
-        return _build_sweep(path, tree)
+        return _build_sweep(path, tree, max_trials or MAX_TRIALS)
     except SpecError as error:
         raise located_error(tree, error) from None
 
 
-def _build_sweep(path: Path, tree: Tree) -> Sweep:
+def _build_sweep(path: Path, tree: Tree, max_trials: int) -> Sweep:
     for key in tree:
         if key not in SWEEP_KEYS:
             raise SpecError((key,), f"unknown key; {suggest(str(key), SWEEP_KEYS)}")
@@ -180,8 +183,10 @@ def _build_sweep(path: Path, tree: Tree) -> Sweep:
     if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,60}", name)):
         raise SpecError(("name",), "expected letters, digits, '_', '.', '-' (at most 60)")
     metric = tree.get("metric", DEFAULT_METRIC)
-    if metric not in METRICS:
+    if not isinstance(metric, str) or metric not in METRICS:  # a list is not hashable
         raise SpecError(("metric",), f"unknown metric {metric!r}; {suggest(str(metric), METRICS)}")
+    if "grid" in tree and not tree["grid"]:
+        raise SpecError(("grid",), "empty; give keys with lists of values, or leave grid out")
     grid = _keyed_mapping(tree, "grid")
     fixed = _keyed_mapping(tree, "set")
     random_section = tree.get("random") or Tree()
@@ -189,6 +194,7 @@ def _build_sweep(path: Path, tree: Tree) -> Sweep:
         raise SpecError(("random",), "expected a mapping with trials, seed and params")
     draws, distributions = _parse_random(random_section)
     _check_no_overlap(grid, distributions, fixed)
+    _check_trial_count(grid, draws, tree.get("seeds"), max_trials)
 
     grid_values = {key: _grid_values(key, values) for key, values in grid.items()}
     params = [Param(key, "grid", _spans_decades(vs)) for key, vs in grid_values.items()]
@@ -214,6 +220,23 @@ def _build_sweep(path: Path, tree: Tree) -> Sweep:
         trials=tuple(trials),
         text=path.read_text(),
     )
+
+
+def _check_trial_count(grid: dict, draws: int, seeds: Any, max_trials: int) -> None:
+    """Count the trials from the lengths of the lists, before any list is read or expanded."""
+    count = max(draws, 1) * (len(seeds) if isinstance(seeds, list) and seeds else 1)
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise SpecError(
+                ("grid", key), "expected a non-empty list of values, e.g. [0.001, 0.01]"
+            )
+        count *= len(values)
+    if count > max_trials:
+        raise SpecError(
+            (),
+            f"this sweep makes {count:,} trials (grid values x random draws x seeds), more than "
+            f"{max_trials:,}; make it smaller, or allow it with --max-trials {count}",
+        )
 
 
 def _base_path(path: Path, tree: Tree) -> Path:
