@@ -5,6 +5,7 @@ jax, flax and tensorflow-datasets are imported inside the commands, so `cnnlab -
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 from typing import Annotated
@@ -34,6 +35,7 @@ Overrides = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a key: --set optimizer.lr=3e-4 (repeatable)."),
 ]
+FAILED = {"diverged", "completed_not_learning"}  # `train` exits 1 for these
 RunArg = Annotated[str, typer.Argument(help="Run folder, part of a run name, or 'latest'.")]
 
 
@@ -65,6 +67,28 @@ def say_notes(notes) -> None:
         console.print(f"[yellow]note:[/] {note}")
 
 
+def say_diagnosis(diagnosis, *, failing: bool) -> None:
+    """The cause (its id), what was seen, and the fix; a note when the run itself succeeded."""
+    from cnnlab.report import diagnosis_lines
+
+    for line in diagnosis_lines(diagnosis, failing=failing):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def quiet_numerics():
+    """Overflow in a diverging run is reported by the run itself; numpy's RuntimeWarnings about
+    it would only repeat it, out of place."""
+    import warnings
+
+    import numpy as np
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(np.errstate(all="ignore"))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return stack
+
+
 @app.command()
 @friendly
 def overfit(
@@ -81,11 +105,12 @@ def overfit(
 
     exp = load(experiment, set_)
     console.print(f"overfit [bold]{exp.name}[/] on {samples} samples (budget {max_steps} steps)")
-    result = run_overfit(exp, samples, max_steps)
+    with quiet_numerics():
+        result = run_overfit(exp, samples, max_steps)
     say_notes(result.notes)
     console.print(overfit_verdict(result), highlight=False)
+    say_diagnosis(result.diagnosis, failing=not result.memorised)
     if not result.memorised:
-        console.print(f"[bold]diagnosis:[/] {result.diagnosis}", highlight=False)
         raise typer.Exit(1)
 
 
@@ -111,17 +136,28 @@ def train(
         raise UserError("--set cannot change a run being resumed; train a new run with the changes")
     run_dir = find_run(resume) if resume else None
     exp = load(run_dir / "config.yaml" if run_dir else experiment, set_)
-    with TrainProgress(console, exp.train.steps) as progress:
+    with quiet_numerics(), TrainProgress(console, exp.train.steps) as progress:
         result = run_train(exp, resume=run_dir, progress=progress)
     console.print(summary_table(result.summary))
     if result.summary["status"] == "interrupted":
         console.print(f"stopped at step {result.summary['steps']}; latest checkpoint saved")
         console.print(f"continue with: cnnlab train --resume {result.run_dir}")
     console.print(f"run folder: {result.run_dir}")
+    status = result.summary["status"]
     if result.failed:
         errors.print(
             f"[red]diverged:[/] {result.summary['failure']}", highlight=False, soft_wrap=True
         )
+    if status == "completed_not_learning":
+        val = result.summary["final"]["val"].get("accuracy")
+        seen = f"val accuracy {val:.4f} " if val is not None else ""
+        errors.print(
+            f"[red]did not learn:[/] {seen}is within noise of chance "
+            f"({result.summary['chance_accuracy']:.4f}), or the loss never left its start",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if status in FAILED:  # diverged or did not learn: exit 1, so scripts can tell
         raise typer.Exit(1)
 
 
@@ -381,6 +417,12 @@ def inspect(experiment: Experiment = None, set_: Overrides = None):
         raise exp.user_error(error.within("model")) from None
     console.print(render_model_summary(summary))
     say_notes(summary.notes)
+    from cnnlab.diagnosis import Evidence, check_no_nonlinearity
+
+    structure = tuple((row.name, row.kind) for row in summary.rows)
+    found = check_no_nonlinearity(Evidence(dataset.num_classes, (), structure=structure))
+    if found:
+        say_notes([f"{found.message}; {found.fix}"])
 
 
 @app.command()

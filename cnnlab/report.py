@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -53,6 +54,30 @@ class TrainProgress:
         self._bar.update(self._task, completed=step, stats=stats)
 
 
+def diagnosis_lines(diagnosis, *, failing: bool = True) -> list[str]:
+    """A `Diagnosis` (or its dict in summary.json) as printed lines: cause and what was seen,
+    the fix, and the other causes that apply. Nothing for None."""
+    if diagnosis is None:
+        return []
+    if not isinstance(diagnosis, dict):
+        diagnosis = diagnosis.to_dict()
+    head = "[bold]diagnosis[/]" if failing else "[yellow]note[/]"
+    lines = [
+        f"{head} {escape('[' + diagnosis['cause'] + ']')}: {escape(diagnosis['message'])}",
+        f"[bold]fix:[/] {escape(diagnosis['fix'])}",
+    ]
+    if diagnosis.get("also"):
+        lines.append(f"also: {', '.join(diagnosis['also'])}")
+    return lines
+
+
+def steps_line(summary: dict) -> str:
+    """Steps taken; a diverged run says the step it diverged at, once."""
+    if summary.get("diverged_at") is not None:
+        return f"diverged at step {summary['diverged_at']} of {summary['steps_planned']}"
+    return f"{summary['steps']} of {summary['steps_planned']}"
+
+
 def summary_table(summary: dict) -> Table:
     table = Table(title=f"run {summary['name']}: {summary['status']}", show_header=False)
     final_train, final_val, best = (
@@ -60,7 +85,7 @@ def summary_table(summary: dict) -> Table:
         summary["final"]["val"],
         summary["best"],
     )
-    table.add_row("steps", f"{summary['steps']} of {summary['steps_planned']}")
+    table.add_row("steps", steps_line(summary))
     if final_train:
         table.add_row(
             "train loss / accuracy", f"{final_train['loss']:.4f} / {final_train['accuracy']:.4f}"
@@ -76,6 +101,14 @@ def summary_table(summary: dict) -> Table:
         f"{summary['wall_seconds']:.1f} s (+{summary['compile_seconds']:.1f} s compile)",
     )
     table.add_row("device", f"{summary['device']['platform']} ({summary['device']['kind']})")
+    diagnosis = summary.get("diagnosis")
+    if summary.get("chance_accuracy") is not None and final_val:
+        table.add_row(
+            "chance accuracy", f"{summary['chance_accuracy']:.4f} (majority class or 1/classes)"
+        )
+    if diagnosis:
+        table.add_row("diagnosis", f"{diagnosis['cause']}: {diagnosis['message']}")
+        table.add_row("fix", diagnosis["fix"])
     return table
 
 
@@ -114,7 +147,8 @@ def evaluation_tables(evaluation) -> Group:
 
 
 def overfit_verdict(result) -> str:
-    first, last = result.losses[0][1], result.losses[-1][1]
+    # A loss is never below zero; rounding makes -0.0000 of a tiny float error.
+    first, last = result.losses[0][1], max(result.losses[-1][1], 0.0)
     if result.memorised:
         return (
             f"[green]PASS[/]: memorised {result.samples} samples (100% accuracy) at step {result.step}; "

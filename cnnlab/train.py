@@ -32,11 +32,11 @@ from cnnlab.diagnostics import (
     GradientWatch,
     OverfitWatch,
     dead_fraction,
-    explain_overfit_failure,
     first_nonfinite,
     layer_stats,
 )
 from cnnlab.errors import SpecError, UserError
+from cnnlab.evidence import judge_run, overfit_diagnosis
 from cnnlab.models import build_model
 from cnnlab.models.base import Model
 from cnnlab.optim import build_optimizer, eval_params
@@ -663,6 +663,7 @@ class TrainLoop:
             },
             "versions": library_versions(),
         }
+        summary.update(judge_run(self, summary))  # status completed_not_learning, diagnosis
         write_json(self.run_dir / "summary.json", summary)
         return summary
 
@@ -695,7 +696,7 @@ class OverfitResult:
     losses: list[tuple[int, float]]  # (step, loss) at each check
     accuracy: float
     notes: tuple[str, ...] = ()
-    diagnosis: str | None = None  # why it failed, when it did
+    diagnosis: Any = None  # cnnlab.diagnosis.Diagnosis: why it failed, or a note on the model
 
 
 def overfit(experiment: Experiment, samples: int, max_steps: int = 1000) -> OverfitResult:
@@ -725,16 +726,7 @@ def overfit(experiment: Experiment, samples: int, max_steps: int = 1000) -> Over
         losses=losses,
         accuracy=result["accuracy"],
         notes=trainer.model.notes,
-        diagnosis=None if memorised else _overfit_diagnosis(trainer, state, data, subset, losses),
+        diagnosis=overfit_diagnosis(
+            experiment, trainer, subset, data, losses, result["accuracy"], step, state
+        ),
     )
-
-
-def _overfit_diagnosis(trainer: Trainer, state, data, subset: Split, losses) -> str:
-    stats = trainer.diagnose(state, data)
-    model = stats.pop("_model", {})
-    ratios = [float(v["update_ratio"]) for v in stats.values() if np.isfinite(v["update_ratio"])]
-    grad_norm = float(np.sqrt(sum(float(v["grad_norm"]) ** 2 for v in stats.values())))
-    counts = np.bincount(subset.labels) / len(subset)
-    label_entropy = float(-(counts[counts > 0] * np.log(counts[counts > 0])).sum())
-    dead = float(model["dead_relu"]) if "dead_relu" in model else None
-    return explain_overfit_failure(losses, label_entropy, max(ratios, default=0.0), grad_norm, dead)
