@@ -217,6 +217,12 @@ def sweep(
         log=console.print,
         **({"trainer": parallel_trainer(parallel, console.print)} if parallel > 1 else {}),
     )
+    if result.complete and not result.trained:
+        console.print(
+            f"sweep {spec.name} is finished (all {len(result.trials)} trials); its results follow. "
+            "Train it again with --new.",
+            highlight=False,
+        )
     console.print(sweep_table(result))
     command = best_command(result)
     if command:
@@ -232,24 +238,34 @@ def runs(
     ] = None,
 ):
     """List runs, newest first: dataset, model, steps, time, accuracies. See one with `cnnlab show RUN`."""
-    from cnnlab.history import list_runs, print_table, runs_table
+    from cnnlab.history import find_sweeps, list_runs, print_table, runs_table, sweeps_table
     from cnnlab.runs import runs_dir
 
-    found = list_runs(pattern)
-    if not found:
+    found, sweeps = list_runs(pattern), find_sweeps(pattern)
+    if not found and not sweeps:
         where = f"matching '{pattern}' " if pattern else ""
         console.print(f"no runs {where}in {runs_dir()}/")
         return
-    print_table(console, runs_table(found, title=f"runs in {runs_dir()}/"))
+    if found:
+        print_table(console, runs_table(found, title=f"runs in {runs_dir()}/"))
+    if sweeps:
+        print_table(console, sweeps_table(sweeps))
 
 
 @app.command()
 @friendly
 def show(run: RunArg = "latest"):
-    """One run: its resolved config (YAML) and its results (summary, evaluations, plots)."""
-    from cnnlab.history import show_run
+    """One run: its resolved config (YAML) and its results (summary, diagnosis, evaluations,
+    plots). Given a sweep folder (or part of its name), the sweep's ranked table."""
+    from cnnlab.history import find_sweeps, show_run
     from cnnlab.runs import find_run
 
+    sweeps = [Path(run)] if (Path(run) / "sweep.json").is_file() else find_sweeps(run)
+    if sweeps and run != "latest":
+        from cnnlab.sweep.results import show_sweep
+
+        console.print(show_sweep(sweeps[0]))
+        return
     console.print(show_run(find_run(run)))
 
 
@@ -367,12 +383,32 @@ def diagnostics(run: RunArg = "latest"):
     rows = read_jsonl(run_dir / "diagnostics.jsonl")
     if not rows:
         raise UserError(f"run {run_dir.name} has no diagnostics yet (it logged nothing)")
-    console.print(diagnostics_table(rows))
     summary = read_json(run_dir / "summary.json")
+    console.print(diagnostics_table(rows, run_layer_names(run_dir, summary)))
     for warning in summary.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if summary.get("failure"):
         console.print(f"[red]diverged:[/] {summary['failure']}", highlight=False)
+    say_diagnosis(summary.get("diagnosis"), failing=summary.get("status") in FAILED)
+
+
+def run_layer_names(run_dir: Path, summary: dict) -> dict[str, str]:
+    """Layer numbers of a run's model to 'index kind detail' names ({} when unknown)."""
+    from cnnlab.config import load_experiment
+    from cnnlab.models import describe_model
+    from cnnlab.report import layer_names
+
+    dataset = summary.get("dataset") or {}
+    if not dataset.get("image_shape"):
+        return {}
+    try:
+        experiment = load_experiment(run_dir / "config.yaml")
+        model = describe_model(
+            experiment.model, tuple(dataset["image_shape"]), len(dataset["classes"])
+        )
+    except (UserError, SpecError, OSError):
+        return {}
+    return layer_names(model)
 
 
 @app.command("lr-find")

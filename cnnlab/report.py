@@ -175,38 +175,76 @@ def sparkline(values: list[float], width: int = 12) -> str:
     return "".join(_BARS[round((x - low) / span * (len(_BARS) - 1))] for x in logs)
 
 
-def diagnostics_table(rows: list[dict]) -> Table:
-    """Per layer: the latest parameter norm and mean, gradient norm and update ratio, and the
-    gradient norm's trend over the run."""
+# Healthy per-step update/parameter ratio: about 1e-3; outside these bounds a layer barely
+# trains (below) or is rewritten each step (above).
+UPDATE_RATIO_RANGE = (1e-5, 1e-1)
+DEAD_LIMIT = 0.5  # more dead units than this in a layer is marked
+
+
+def _layer_key(name: str) -> tuple:
+    from cnnlab.diagnosis import layer_order
+
+    return layer_order(name)
+
+
+def _marked(text: str, bad: bool) -> str:
+    return f"[bold red]{text} ![/]" if bad else text
+
+
+def diagnostics_table(rows: list[dict], names: dict[str, str] | None = None) -> Table:
+    """Per layer, in forward order: the latest parameter norm, gradient norm, update ratio
+    (healthy range in the header, values outside it marked) and dead units, and the gradient
+    norm's trend over the run. `names` maps a layer's number to its description
+    ('3' -> '3 conv 3x3, 32')."""
+    names = names or {}
     layers: dict[str, list[dict]] = {}
     for row in rows:
-        layers.setdefault(row["layer"], []).append(row)
+        layers.setdefault(str(row["layer"]), []).append(row)
     last_step = max((row["step"] for row in rows), default=0)
-    table = Table(title=f"per-layer diagnostics at step {last_step}")
-    for column in (
-        "layer",
-        "param norm",
-        "param mean",
-        "grad norm",
-        "update/param",
-        "grad norm trend",
-    ):
-        table.add_column(
-            column, justify="left" if column in ("layer", "grad norm trend") else "right"
-        )
-    for layer, history in layers.items():
+    low, high = UPDATE_RATIO_RANGE
+    table = Table(title=f"per-layer diagnostics at step {last_step} (forward order)")
+    headers = (
+        ("layer", "left"),
+        ("param norm", "right"),
+        ("param mean", "right"),
+        ("grad norm", "right"),
+        (f"update/param\n(healthy {low:.0e}..{high:.0e}, ~1e-3)", "right"),
+        (f"dead units\n(< {DEAD_LIMIT:.0%})", "right"),
+        ("grad norm trend", "left"),
+    )
+    for header, justify in headers:
+        table.add_column(header, justify=justify)
+    for layer in sorted(layers, key=_layer_key):
+        history = layers[layer]
         latest = history[-1]
         if "grad_norm" not in latest:
             continue
+        ratio, grad = latest["update_ratio"], latest["grad_norm"]
+        dead = next(
+            (h["dead_fraction"] for h in reversed(history) if "dead_fraction" in h), None
+        )
         table.add_row(
-            layer,
+            names.get(layer, layer),
             f"{latest['param_norm']:.3g}",
             f"{latest['param_mean']:+.2e}",
-            f"{latest['grad_norm']:.3g}",
-            f"{latest['update_ratio']:.2e}",
+            _marked(f"{grad:.3g}", not math.isfinite(grad) or grad == 0),
+            _marked(f"{ratio:.2e}", not (low <= ratio <= high)),
+            "—" if dead is None else _marked(f"{dead:.0%}", dead > DEAD_LIMIT),
             sparkline([h["grad_norm"] for h in history]),
         )
     dead = layers.get("model", [])
     if dead:
-        table.caption = f"dead ReLU units: {dead[-1]['dead_relu']:.1%} (trend {sparkline([d['dead_relu'] + 1e-6 for d in dead])})"
+        last = dead[-1]["dead_relu"]
+        table.caption = (
+            f"dead ReLU units, all layers: {_marked(f'{last:.1%}', last > DEAD_LIMIT)} "
+            f"(trend {sparkline([d['dead_relu'] + 1e-6 for d in dead])}); "
+            "! marks values outside the healthy range"
+        )
+    else:
+        table.caption = "! marks values outside the healthy range"
     return table
+
+
+def layer_names(summary) -> dict[str, str]:
+    """'3' -> '3 conv 3x3, 32': the layer rows of a `ModelSummary` as names for the table."""
+    return {row.name: f"{row.name} {row.kind} {row.detail}".strip() for row in summary.rows}
