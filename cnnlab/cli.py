@@ -183,6 +183,16 @@ def eval_(
 
     picture = plot_confusion(evaluation, run_dir / f"confusion_{split}.png")
     console.print(f"confusion plot: {picture}")
+    from cnnlab.evaluate import split_images
+    from cnnlab.plots import plot_mistakes
+
+    grid = plot_mistakes(
+        split_images(run_dir, split),
+        evaluation.mistakes,
+        evaluation.class_names,
+        run_dir / f"mistakes_{split}.png",
+    )
+    console.print(f"most confident mistakes: {grid}")
 
 
 @app.command()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,8 @@ class Evaluation:
     class_names: list[str]
     per_class: list[float]
     confusion: list[list[int]]  # rows: true class, columns: predicted class
+    # The most confident mistakes, surest first: {index, true, predicted, probability}.
+    mistakes: list[dict] = field(default_factory=list)
 
 
 def restore_run(run_dir: Path, checkpoint: str = "best"):
@@ -83,4 +85,37 @@ def summarize(logits: np.ndarray, labels: np.ndarray, class_names) -> dict:
         "class_names": list(class_names),
         "per_class": [round(float(x), 6) for x in per_class],
         "confusion": confusion.tolist(),
+        "mistakes": confident_mistakes(logits, labels),
     }
+
+
+def confident_mistakes(logits: np.ndarray, labels: np.ndarray, count: int = 24) -> list[dict]:
+    """The wrong predictions made with the highest probability, surest first."""
+    shifted = logits - logits.max(-1, keepdims=True)
+    probabilities = np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
+    predicted = logits.argmax(-1)
+    wrong = np.flatnonzero(predicted != labels)
+    surest = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:count]
+    return [
+        {
+            "index": int(i),
+            "true": int(labels[i]),
+            "predicted": int(predicted[i]),
+            "probability": round(float(probabilities[i, predicted[i]]), 4),
+        }
+        for i in surest
+    ]
+
+
+def split_images(run_dir: Path, split: str) -> np.ndarray:
+    """The uint8 images of a run's test or validation split, in the order `evaluate_run` used
+    (a mistake's `index` points into them)."""
+    from cnnlab.data.dataset import split_validation
+    from cnnlab.train import load_data
+
+    experiment = load_experiment(run_dir / "config.yaml")
+    dataset = load_data(experiment)
+    if split == "test":
+        return dataset.test.images
+    _, val = split_validation(dataset.train, experiment.data.val_fraction, experiment.train.seed)
+    return val.images
