@@ -220,18 +220,29 @@ def find_sweeps(pattern: str | None = None, root: Path | None = None) -> list[Pa
 
 def sweeps_table(folders: Sequence[Path]) -> Table:
     """One row per sweep folder: trials finished, and the best setting as recorded."""
-    table = Table(title="sweeps", box=box.SIMPLE_HEAD, pad_edge=False,
-                  caption="see one with `cnnlab show SWEEP`")
+    table = Table(
+        title="sweeps",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        caption="see one with `cnnlab show SWEEP`",
+    )
     for header in ("sweep", "trials", "finished", "metric", "best"):
         table.add_column(header, justify="right" if header in ("trials", "finished") else "left")
     for folder in folders:
         record = read_json(folder / "sweep.json")
         trials = record.get("trials", [])
         done = sum(
-            read_json(folder / "trials" / t["id"] / "summary.json").get("status", "") not in ("", "interrupted")
+            read_json(folder / "trials" / t["id"] / "summary.json").get("status", "")
+            not in ("", "interrupted")
             for t in trials
         )
-        table.add_row(folder.name, str(len(trials)), str(done), record.get("metric", MISSING), best_setting(folder))
+        table.add_row(
+            folder.name,
+            str(len(trials)),
+            str(done),
+            record.get("metric", MISSING),
+            best_setting(folder),
+        )
     return table
 
 
@@ -248,7 +259,9 @@ def best_setting(folder: Path) -> str:
         return MISSING
     first = rows[0]
     skip = {"rank", "setting", "seeds", "seeds_total"}
-    values = [f"{k}={v}" for k, v in first.items() if k not in skip and not k.endswith(("_mean", "_std"))]
+    values = [
+        f"{k}={v}" for k, v in first.items() if k not in skip and not k.endswith(("_mean", "_std"))
+    ]
     mean = next((v for k, v in first.items() if k.endswith("_mean")), "")
     return f"{' '.join(values)}: {float(mean):.4f}" if mean else " ".join(values)
 

@@ -93,7 +93,9 @@ def plot_curves(run_dir: Path, path: Path | None = None) -> Path:
     loss_axes.set_title("loss")
     acc_axes.set_title("accuracy")
     for axes in (loss_axes, acc_axes):  # below the axes: a legend never hides a curve
-        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False)
+        axes.legend(
+            loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False
+        )
     figure.suptitle(run_dir.name)
     figure.tight_layout()
     return _save(figure, path or run_dir / CURVES_FILE)
@@ -117,7 +119,9 @@ def _scale_axes(loss_axes, acc_axes, losses: Sequence[np.ndarray], chance: float
         loss_axes.set_ylabel("loss (log scale)")
     acc_axes.set_ylim(0, 1.02)
     if chance is not None:
-        acc_axes.axhline(chance, color="black", linestyle="-.", linewidth=1, label=f"chance {chance:.3f}")
+        acc_axes.axhline(
+            chance, color="black", linestyle="-.", linewidth=1, label=f"chance {chance:.3f}"
+        )
 
 
 def _shade_gap(axes, train: dict, val: dict) -> None:

@@ -220,9 +220,7 @@ def diagnostics_table(rows: list[dict], names: dict[str, str] | None = None) -> 
         if "grad_norm" not in latest:
             continue
         ratio, grad = latest["update_ratio"], latest["grad_norm"]
-        dead = next(
-            (h["dead_fraction"] for h in reversed(history) if "dead_fraction" in h), None
-        )
+        dead = next((h["dead_fraction"] for h in reversed(history) if "dead_fraction" in h), None)
         table.add_row(
             names.get(layer, layer),
             f"{latest['param_norm']:.3g}",

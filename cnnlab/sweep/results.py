@@ -86,11 +86,7 @@ def collect_results(
         run_dir = trial_dir(folder, trial)
         summary = read_json(run_dir / "summary.json")
         status = summary.get("status", "interrupted" if run_dir.exists() else "missing")
-        score = (
-            metric_value(summary, sweep.metric)
-            if status in SCORED
-            else None
-        )
+        score = metric_value(summary, sweep.metric) if status in SCORED else None
         trials.append(TrialResult(trial, run_dir, status, summary, score))
     settings = [
         SettingResult(
