@@ -394,7 +394,9 @@ def diagnostics(run: RunArg = "latest"):
     if not rows:
         raise UserError(f"run {run_dir.name} has no diagnostics yet (it logged nothing)")
     summary = read_json(run_dir / "summary.json")
-    console.print(diagnostics_table(rows, run_layer_names(run_dir, summary)))
+    from cnnlab.history import print_table
+
+    print_table(console, diagnostics_table(rows, run_layer_names(run_dir, summary)))
     for warning in summary.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if summary.get("failure"):

@@ -13,11 +13,12 @@ Causes, in the order they are checked:
   exploding_gradients    gradients at initialisation grow by orders of magnitude towards the input
   lr_too_low             updates a tiny fraction of the weights and the loss barely moved
   no_nonlinearity        two linear layers (conv, dense) with nothing nonlinear between them
+  unpredictable_labels   training accuracy rises by memorising while validation stays at chance,
+                         or the loss settles at the entropy of the labels (identical inputs
+                         also leave every ReLU dead: the labels come first)
   dead_relu              most ReLU units output zero for every input
   vanishing_gradients    gradients shrink by orders of magnitude towards the input
   initial_loss_far       the loss at initialisation is far from ln(classes)
-  unpredictable_labels   training accuracy rises by memorising while validation stays at chance,
-                         or the loss settles at the entropy of the labels
   overfitting            validation accuracy stopped improving while the train-val gap widened
   underfitting           training accuracy plateaus low
   not_learning           the run did not learn, and nothing above explains it
@@ -202,9 +203,11 @@ def val_at_chance(evidence: Evidence) -> bool:
 
 
 def not_learning(evidence: Evidence) -> bool:
-    """Validation accuracy ends within noise of chance (or of the majority class), or the loss
-    never left its starting value."""
-    return val_at_chance(evidence) or loss_never_left_start(evidence)
+    """Validation accuracy ends within noise of chance (or of the majority class); without a
+    validation split, the loss never left its starting value."""
+    if final_accuracy(evidence.val) is not None:
+        return val_at_chance(evidence)
+    return loss_never_left_start(evidence)
 
 
 def failed(evidence: Evidence) -> bool:
@@ -434,7 +437,15 @@ def check_unpredictable_labels(ev: Evidence) -> Diagnosis | None:
             )
     values = losses(ev)
     entropy = ev.label_entropy
-    if ev.memorise and values and entropy > 0 and abs(values[-1] - entropy) < 0.05 * entropy:
+    # Zeroed weights also give an output that ignores the input: that is the init's fault.
+    zeroed = any(r.get("param_norm", 1.0) < 1e-6 for r in first_stats(ev))
+    if (
+        ev.memorise
+        and not zeroed
+        and values
+        and entropy > 0
+        and abs(values[-1] - entropy) < 0.05 * entropy
+    ):
         return Diagnosis(
             "unpredictable_labels",
             f"loss settled at {values[-1]:.3f}, the entropy of the labels ({entropy:.3f}): the "
@@ -510,10 +521,10 @@ CHECKS: tuple[Callable[[Evidence], Diagnosis | None], ...] = (
     check_exploding_gradients,
     check_lr_too_low,
     check_no_nonlinearity,
+    check_unpredictable_labels,
     check_dead_relu,
     check_vanishing_gradients,
     check_initial_loss,
-    check_unpredictable_labels,
     check_overfitting,
     check_underfitting,
     check_not_learning,

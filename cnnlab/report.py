@@ -202,14 +202,14 @@ def diagnostics_table(rows: list[dict], names: dict[str, str] | None = None) -> 
         layers.setdefault(str(row["layer"]), []).append(row)
     last_step = max((row["step"] for row in rows), default=0)
     low, high = UPDATE_RATIO_RANGE
-    table = Table(title=f"per-layer diagnostics at step {last_step} (forward order)")
+    table = Table(title=f"per-layer diagnostics at step {last_step}, in forward order")
     headers = (
         ("layer", "left"),
         ("param norm", "right"),
         ("param mean", "right"),
         ("grad norm", "right"),
-        (f"update/param\n(healthy {low:.0e}..{high:.0e}, ~1e-3)", "right"),
-        (f"dead units\n(< {DEAD_LIMIT:.0%})", "right"),
+        ("update/param", "right"),
+        ("dead", "right"),
         ("grad norm trend", "left"),
     )
     for header, justify in headers:
@@ -230,16 +230,19 @@ def diagnostics_table(rows: list[dict], names: dict[str, str] | None = None) -> 
             "—" if dead is None else _marked(f"{dead:.0%}", dead > DEAD_LIMIT),
             sparkline([h["grad_norm"] for h in history]),
         )
+    healthy = (
+        f"healthy: update/param {low:.0e}..{high:.0e} (about 1e-3), dead units below "
+        f"{DEAD_LIMIT:.0%}; ! marks values outside"
+    )
     dead = layers.get("model", [])
     if dead:
         last = dead[-1]["dead_relu"]
         table.caption = (
             f"dead ReLU units, all layers: {_marked(f'{last:.1%}', last > DEAD_LIMIT)} "
-            f"(trend {sparkline([d['dead_relu'] + 1e-6 for d in dead])}); "
-            "! marks values outside the healthy range"
+            f"(trend {sparkline([d['dead_relu'] + 1e-6 for d in dead])})\n{healthy}"
         )
     else:
-        table.caption = "! marks values outside the healthy range"
+        table.caption = healthy
     return table
 
 
