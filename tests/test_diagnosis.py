@@ -119,3 +119,24 @@ def test_chance_means_the_majority_class_within_noise():
     )
     assert not_learning(skewed)  # 91% is the majority class, not learning
     assert diagnose(flat_run(val=(), train=(), initial_loss=2.3)) is None
+
+
+def test_sweep_ranking_says_when_it_is_within_seed_noise():
+    from types import SimpleNamespace
+
+    from cnnlab.sweep.results import SettingResult, separation, sweep_verdict
+    from cnnlab.sweep.runner import sweep_folder_name
+
+    def setting(lr, scores):
+        return SettingResult(SimpleNamespace(values={"optimizer.lr": lr}), scores, 3)
+
+    tied = [setting(3e-4, (0.99, 0.975, 0.99)), setting(3e-3, (0.98, 0.99, 0.985))]
+    sweep = SimpleNamespace(metric="best_val_accuracy", name="lr")
+    trial = SimpleNamespace(summary={"dataset": {"val": 142}})
+    result = SimpleNamespace(settings=tied, sweep=sweep, trials=(trial,))
+    assert separation(result).startswith("tied within noise; add seeds")
+    assert "worth 0.70 accuracy points" in sweep_verdict(result)[1]
+    apart = [setting(3e-3, (0.99, 0.991, 0.989)), setting(1e-4, (0.90, 0.91, 0.92))]
+    assert "beyond seed noise" in separation(SimpleNamespace(settings=apart))
+    assert sweep_folder_name(SimpleNamespace(name="sweep_res")) == "sweep_res"
+    assert sweep_folder_name(SimpleNamespace(name="lr")) == "sweep_lr"

@@ -214,7 +214,8 @@ def test_interrupted_sweep_resumes_only_missing_trials(
     assert (first / "summary.json").is_file() and (second / "config.yaml").is_file()
     assert not (second / "summary.json").exists() and not third.exists()
     statuses = [r["status"] for r in read_csv(folder / "sweep.csv")]
-    assert statuses == ["completed", "interrupted", "missing"]
+    # A few steps at lr 0.001 may not lift validation above chance: completed_not_learning.
+    assert statuses[0].startswith("completed") and statuses[1:] == ["interrupted", "missing"]
 
     trained.clear()
     interrupt.append(False)
