@@ -387,6 +387,13 @@ def check_dead_relu(ev: Evidence) -> Diagnosis | None:
     )
 
 
+def _saturated(ev: Evidence) -> bool:
+    """Gradients vanish through sigmoid/tanh layers: then an output that ignores the input is
+    theirs to explain, not the labels'."""
+    span = gradient_span(first_stats(ev))
+    return bool(span and span >= 1e3 and any(kind in SATURATING for _, kind in ev.structure))
+
+
 def check_vanishing_gradients(ev: Evidence) -> Diagnosis | None:
     first = first_stats(ev)
     span = gradient_span(first)
@@ -442,6 +449,7 @@ def check_unpredictable_labels(ev: Evidence) -> Diagnosis | None:
     if (
         ev.memorise
         and not zeroed
+        and not _saturated(ev)
         and values
         and entropy > 0
         and abs(values[-1] - entropy) < 0.05 * entropy

@@ -148,7 +148,7 @@ def evaluation_tables(evaluation) -> Group:
 
 def overfit_verdict(result) -> str:
     # A loss is never below zero; rounding makes -0.0000 of a tiny float error.
-    first, last = result.losses[0][1], max(result.losses[-1][1], 0.0)
+    first, last = result.losses[0][1], max(result.losses[-1][1], 0.0) + 0.0
     if result.memorised:
         return (
             f"[green]PASS[/]: memorised {result.samples} samples (100% accuracy) at step {result.step}; "

@@ -88,6 +88,9 @@ def test_deep_sigmoid_stack_has_vanishing_gradients(tmp_path, cli, isolated_runs
     assert summary["diagnosis"]["cause"] == "vanishing_gradients", summary["diagnosis"]
     assert "relu" in summary["diagnosis"]["fix"]
     assert summary["diagnosis"]["evidence"]["shrink_towards_input"] > 1e3
+    # overfit's loss settles at the label entropy too; the gradients, not the labels, are named
+    result = cli("overfit", path, "--max-steps", "100", expect=1)
+    assert cause_of(result.stdout) == "vanishing_gradients", result.stdout
 
 
 def test_deep_residual_stack_without_normalisation_explodes(tmp_path, cli, isolated_runs):
