@@ -9,6 +9,7 @@ interrupted (Ctrl-C), with the command that continues the run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ Overrides = Annotated[
     list[str] | None,
     typer.Option("--set", help="Override a key: --set optimizer.lr=3e-4 (repeatable)."),
 ]
+FAILED = {"diverged", "completed_not_learning"}  # `train` exits 1 for these
 RunArg = Annotated[str, typer.Argument(help="Run folder, part of a run name, or 'latest'.")]
 
 
@@ -113,6 +115,28 @@ def say_notes(notes) -> None:
         console.print(f"[yellow]note:[/] {note}")
 
 
+def say_diagnosis(diagnosis, *, failing: bool) -> None:
+    """The cause (its id), what was seen, and the fix; a note when the run itself succeeded."""
+    from cnnlab.report import diagnosis_lines
+
+    for line in diagnosis_lines(diagnosis, failing=failing):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def quiet_numerics():
+    """Overflow in a diverging run is reported by the run itself; numpy's RuntimeWarnings about
+    it would only repeat it, out of place."""
+    import warnings
+
+    import numpy as np
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(np.errstate(all="ignore"))
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return stack
+
+
 @app.command()
 @friendly
 def overfit(
@@ -129,11 +153,12 @@ def overfit(
 
     exp = load(experiment, set_)
     console.print(f"overfit [bold]{exp.name}[/] on {samples} samples (budget {max_steps} steps)")
-    result = api.overfit(exp, samples, max_steps)
+    with quiet_numerics():
+        result = api.overfit(exp, samples, max_steps)
     say_notes(result.notes)
     console.print(overfit_verdict(result), highlight=False)
+    say_diagnosis(result.diagnosis, failing=not result.memorised)
     if not result.memorised:
-        console.print(f"[bold]diagnosis:[/] {result.diagnosis}", highlight=False)
         raise typer.Exit(1)
 
 
@@ -169,7 +194,7 @@ def train(
         check_writable(runs_dir(), "runs folder")
     started = time.time()
     try:
-        with TrainProgress(console, exp.train.steps) as progress:
+        with quiet_numerics(), TrainProgress(console, exp.train.steps) as progress:
             run = (
                 api.resume(stopped, progress=progress)
                 if stopped
@@ -193,6 +218,16 @@ def train(
     console.print(f"run folder: {run.path}")
     if summary["status"] == "diverged":
         errors.print(f"[red]diverged:[/] {summary['failure']}", highlight=False, soft_wrap=True)
+    if summary["status"] == "completed_not_learning":
+        val = summary["final"]["val"].get("accuracy")
+        seen = f"val accuracy {val:.4f} " if val is not None else ""
+        errors.print(
+            f"[red]did not learn:[/] {seen}is within noise of chance "
+            f"({summary['chance_accuracy']:.4f}), or the loss never left its start",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if summary["status"] in FAILED:  # diverged or did not learn: exit 1, so scripts can tell
         raise typer.Exit(1)
     if summary["status"] == "interrupted":
         raise typer.Exit(130)
@@ -236,6 +271,9 @@ def eval_(
 
     picture = plot_confusion(evaluation, run_dir / f"confusion_{split}.png")
     console.print(f"confusion plot: {picture}")
+    grid = run_dir / f"mistakes_{split}.png"
+    if grid.is_file():
+        console.print(f"most confident mistakes: {grid}")
 
 
 @app.command()
@@ -280,6 +318,12 @@ def sweep(
         progress=lambda spec: console_progress(console, spec),
         log=console.print,
     )
+    if result.complete and not result.trained:
+        console.print(
+            f"sweep {spec.name} is finished (all {len(result.trials)} trials); its results follow. "
+            "Train it again with --new.",
+            highlight=False,
+        )
     console.print(sweep_table(result))
     command = best_command(result)
     if command:
@@ -295,24 +339,34 @@ def runs(
     ] = None,
 ):
     """List runs, newest first: dataset, model, steps, time, accuracies. See one with `cnnlab show RUN`."""
-    from cnnlab.history import list_runs, print_table, runs_table
+    from cnnlab.history import find_sweeps, list_runs, print_table, runs_table, sweeps_table
     from cnnlab.runs import runs_dir
 
-    found = list_runs(pattern)
-    if not found:
+    found, sweeps = list_runs(pattern), find_sweeps(pattern)
+    if not found and not sweeps:
         where = f"matching '{pattern}' " if pattern else ""
         console.print(f"no runs {where}in {runs_dir()}/")
         return
-    print_table(console, runs_table(found, title=f"runs in {runs_dir()}/"))
+    if found:
+        print_table(console, runs_table(found, title=f"runs in {runs_dir()}/"))
+    if sweeps:
+        print_table(console, sweeps_table(sweeps))
 
 
 @app.command()
 @friendly
 def show(run: RunArg = "latest"):
-    """One run: its resolved config (YAML) and its results (summary, evaluations, plots)."""
-    from cnnlab.history import show_run
+    """One run: its resolved config (YAML) and its results (summary, diagnosis, evaluations,
+    plots). Given a sweep folder (or part of its name), the sweep's ranked table."""
+    from cnnlab.history import find_sweeps, show_run
     from cnnlab.runs import find_run
 
+    sweeps = [Path(run)] if (Path(run) / "sweep.json").is_file() else find_sweeps(run)
+    if sweeps and run != "latest":
+        from cnnlab.sweeps.results import show_sweep
+
+        console.print(show_sweep(sweeps[0]))
+        return
     console.print(show_run(find_run(run)))
 
 
@@ -436,11 +490,33 @@ def diagnostics(run: RunArg = "latest"):
     if not rows:
         raise UserError(f"run {run_dir.name} has no diagnostics yet (it logged nothing)")
     summary = read_json(run_dir / "summary.json")  # read first: a damaged one is the only line
-    console.print(diagnostics_table(rows))
+    from cnnlab.history import print_table
+
+    print_table(console, diagnostics_table(rows, run_layer_names(run_dir, summary)))
     for warning in summary.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if summary.get("failure"):
         console.print(f"[red]diverged:[/] {summary['failure']}", highlight=False)
+    say_diagnosis(summary.get("diagnosis"), failing=summary.get("status") in FAILED)
+
+
+def run_layer_names(run_dir: Path, summary: dict) -> dict[str, str]:
+    """Layer numbers of a run's model to 'index kind detail' names ({} when unknown)."""
+    from cnnlab.config import load_experiment
+    from cnnlab.models import describe_model
+    from cnnlab.report import layer_names
+
+    dataset = summary.get("dataset") or {}
+    if not dataset.get("image_shape"):
+        return {}
+    try:
+        experiment = load_experiment(run_dir / "config.yaml")
+        model = describe_model(
+            experiment.model, tuple(dataset["image_shape"]), len(dataset["classes"])
+        )
+    except (UserError, SpecError, OSError):
+        return {}
+    return layer_names(model)
 
 
 @app.command("lr-find")
@@ -493,6 +569,12 @@ def inspect(
         raise exp.user_error(error.within("model")) from None
     console.print(render_model_summary(summary))
     say_notes(summary.notes)
+    from cnnlab.diagnosis import Evidence, check_no_nonlinearity
+
+    structure = tuple((row.name, row.kind) for row in summary.rows)
+    found = check_no_nonlinearity(Evidence(dataset.num_classes, (), structure=structure))
+    if found:
+        say_notes([f"{found.message}; {found.fix}"])
     if html:
         from cnnlab.ui.netview import network_data, write_html
 

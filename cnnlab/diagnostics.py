@@ -1,5 +1,5 @@
-"""Signals that explain a run: per-layer norms, non-finite gradients, gradient jumps, overfitting,
-and the diagnosis printed when `overfit` fails."""
+"""Signals that explain a run: per-layer norms, non-finite gradients, gradient jumps, overfitting.
+The causes they point to are named in `cnnlab.diagnosis`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 # Path parts that name containers rather than layers: dropped from layer names.
 _CONTAINER_KEYS = {"layers", "body", "value"}
@@ -110,40 +109,3 @@ class OverfitWatch:
                 f"on {self.best_val:.4f} while the train-val gap grew to {gap:.1%}"
             )
         return None
-
-
-def explain_overfit_failure(
-    losses: list[tuple[int, float]],
-    label_entropy: float,
-    update_ratio: float,
-    grad_norm: float,
-    dead: float | None,
-) -> str:
-    """Why a model failed to memorise a handful of samples.
-
-    `label_entropy` is the loss a model reaches by predicting the samples' label frequencies
-    while ignoring the images (log(classes) when every class appears once); `update_ratio` the
-    largest per-layer update-to-parameter ratio of a step; `grad_norm` the global gradient norm;
-    `dead` the fraction of dead ReLU units."""
-    values = np.array([loss for _, loss in losses], dtype=np.float64)
-    first, last = values[0], values[-1]
-    if not np.all(np.isfinite(values)) or last > 1.5 * first:
-        return "loss diverging: the learning rate is too high (lower optimizer.lr, or run `cnnlab lr-find`)"
-    dead_note = f"; {dead:.0%} of ReLU units are dead" if dead is not None and dead > 0.5 else ""
-    # Tiny updates from real gradients mean a tiny rate; no gradient at all means a fixed point.
-    if update_ratio < 1e-5 and grad_norm > 1e-6:
-        return (
-            f"loss flat ({first:.3f} -> {last:.3f}): updates are {update_ratio:.1e} of the weights; "
-            "the learning rate is too low (raise optimizer.lr)"
-        )
-    if label_entropy > 0 and abs(last - label_entropy) < 0.05 * label_entropy:
-        return (
-            f"loss stuck at {last:.3f}, the entropy of the labels (log(classes) = {label_entropy:.3f} for "
-            f"distinct labels): the output ignores the input{dead_note}; check the labels and the output wiring"
-        )
-    if dead_note:
-        return (
-            f"loss flat ({first:.3f} -> {last:.3f}){dead_note} "
-            "(try he_normal initialisation, leaky_relu, or a lower learning rate)"
-        )
-    return f"loss falling slowly ({first:.3f} -> {last:.3f}): give it more steps or a higher learning rate"

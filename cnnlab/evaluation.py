@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,8 @@ class Evaluation:
     class_names: list[str]
     per_class: list[float]
     confusion: list[list[int]]  # rows: true class, columns: predicted class
+    # The most confident mistakes, surest first: {index, true, predicted, probability}.
+    mistakes: list[dict] = field(default_factory=list)
 
 
 def split_images(restored: Restored, split: str) -> Split:
@@ -53,6 +55,10 @@ def evaluate_run(run_dir: Path, split: str = "test", checkpoint: str = "best") -
         split=split, checkpoint=restored.checkpoint, step=restored.step, **evaluation
     )
     write_json(run_dir / f"eval_{split}.json", asdict(evaluation))
+    from cnnlab.plots import plot_mistakes
+
+    names = evaluation.class_names
+    plot_mistakes(data.images, evaluation.mistakes, names, run_dir / f"mistakes_{split}.png")
     return evaluation
 
 
@@ -75,4 +81,23 @@ def summarize(logits: np.ndarray, labels: np.ndarray, class_names) -> dict:
         "class_names": list(class_names),
         "per_class": [round(float(x), 6) for x in per_class],
         "confusion": confusion.tolist(),
+        "mistakes": confident_mistakes(logits, labels),
     }
+
+
+def confident_mistakes(logits: np.ndarray, labels: np.ndarray, count: int = 24) -> list[dict]:
+    """The wrong predictions made with the highest probability, surest first."""
+    shifted = logits - logits.max(-1, keepdims=True)
+    probabilities = np.exp(shifted) / np.exp(shifted).sum(-1, keepdims=True)
+    predicted = logits.argmax(-1)
+    wrong = np.flatnonzero(predicted != labels)
+    surest = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")][:count]
+    return [
+        {
+            "index": int(i),
+            "true": int(labels[i]),
+            "predicted": int(predicted[i]),
+            "probability": round(float(probabilities[i, predicted[i]]), 4),
+        }
+        for i in surest
+    ]

@@ -43,6 +43,8 @@ class RunInfo:
     wall_seconds: float | None
     best_val_accuracy: float | None
     test_accuracy: float | None
+    diagnosis: str | None = None  # the cause id in summary.json
+    config: dict | None = None
 
 
 def read_config(run_dir: Path) -> dict:
@@ -153,6 +155,8 @@ def _run_info(run_dir: Path) -> RunInfo:
         wall_seconds=_number(summary.get("wall_seconds", last.get("wall_time"))),
         best_val_accuracy=best_val_accuracy(summary, metrics),
         test_accuracy=_number(test.get("top1")),
+        diagnosis=(summary.get("diagnosis") or {}).get("cause"),
+        config=config,
     )
 
 
@@ -193,33 +197,125 @@ def duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def runs_table(infos: Sequence[RunInfo], title: str = "runs") -> Table:
-    """The runs as a rich table, one row each, in the order given."""
-    table = Table(
-        title=title,
-        caption="newest first; val: best validation accuracy; test: top-1 of `cnnlab eval`",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
+SETTING_COLUMNS = 5  # at most this many differing settings get a column
+
+
+def setting_label(key: str) -> str:
+    """'optimizer.lr' -> 'opt.lr': short headers that still say where a key lives."""
+    return key.replace("optimizer.", "opt.", 1)
+
+
+def differing_settings(infos: Sequence[RunInfo]) -> dict[str, list[Any]]:
+    """The config keys whose values differ across the runs (the name and data paths aside)."""
+    if len(infos) < 2:
+        return {}
+    differences = config_differences([info.config or {} for info in infos])
+    skip = ("name", "data.path", "data.data_dir", "model")  # the model column says the model
+    return {k: v for k, v in differences.items() if not k.startswith(skip)}
+
+
+def status_text(status: str, diagnosis: str | None) -> str:
+    colour = {"completed": "green", "early_stopped": "green", "interrupted": "yellow"}.get(
+        status, "red"
     )
+    cause = f" ({diagnosis})" if diagnosis else ""
+    return f"[{colour}]{status}[/]{cause}"
+
+
+def runs_table(infos: Sequence[RunInfo], title: str = "runs") -> Table:
+    """The runs as a rich table, one row each, in the order given: status and diagnosis, and a
+    column for each setting that differs across them."""
+    settings = differing_settings(infos)
+    shown = list(settings)[:SETTING_COLUMNS]
+    hidden = len(settings) - len(shown)
+    caption = "newest first; val: best validation accuracy; test: top-1 of `cnnlab eval`"
+    if hidden:
+        caption += f"; {hidden} more differing settings: `cnnlab compare`"
+    table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("run", no_wrap=True)
+    table.add_column("status")
     table.add_column("data")
     table.add_column("model", overflow="fold")
+    for key in shown:
+        table.add_column(setting_label(key), justify="right", overflow="fold")
     for header in ("steps", "time", "val", "test"):
         table.add_column(header, justify="right", no_wrap=True)
-    for info in infos:
-        name = info.path.name
-        if info.status != "completed":
-            name += f" [dim]({info.status})[/]"
+    for index, info in enumerate(infos):
         table.add_row(
-            name,
+            info.path.name,
+            status_text(info.status, info.diagnosis),
             info.dataset,
             info.model,
+            *(show_value(settings[key][index]) for key in shown),
             MISSING if info.steps is None else str(info.steps),
             duration(info.wall_seconds),
             percent(info.best_val_accuracy),
             percent(info.test_accuracy),
         )
     return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Sweeps
+
+
+def find_sweeps(pattern: str | None = None, root: Path | None = None) -> list[Path]:
+    """Sweep folders (those with sweep.json), newest first."""
+    root = root or runs_dir()
+    if not root.is_dir():
+        return []
+    folders = [p for p in root.iterdir() if (p / "sweep.json").is_file()]
+    if pattern:
+        folders = [p for p in folders if pattern.lower() in p.name.lower()]
+    return sorted(folders, key=lambda p: p.name, reverse=True)
+
+
+def sweeps_table(folders: Sequence[Path]) -> Table:
+    """One row per sweep folder: trials finished, and the best setting as recorded."""
+    table = Table(
+        title="sweeps",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        caption="see one with `cnnlab show SWEEP`",
+    )
+    for header in ("sweep", "trials", "finished", "metric", "best"):
+        table.add_column(header, justify="right" if header in ("trials", "finished") else "left")
+    for folder in folders:
+        record = read_json(folder / "sweep.json")
+        trials = record.get("trials", [])
+        done = sum(
+            read_json(folder / "trials" / t["id"] / "summary.json").get("status", "")
+            not in ("", "interrupted")
+            for t in trials
+        )
+        table.add_row(
+            folder.name,
+            str(len(trials)),
+            str(done),
+            record.get("metric", MISSING),
+            best_setting(folder),
+        )
+    return table
+
+
+def best_setting(folder: Path) -> str:
+    """The first ranked row of sweep_settings.csv, as 'key=value ...: mean'."""
+    import csv
+
+    try:
+        with open(folder / "sweep_settings.csv", newline="") as file:
+            rows = list(csv.DictReader(file))
+    except OSError:
+        return MISSING
+    if not rows or not rows[0].get("rank"):
+        return MISSING
+    first = rows[0]
+    skip = {"rank", "setting", "seeds", "seeds_total"}
+    values = [
+        f"{k}={v}" for k, v in first.items() if k not in skip and not k.endswith(("_mean", "_std"))
+    ]
+    mean = next((v for k, v in first.items() if k.endswith("_mean")), "")
+    return f"{' '.join(values)}: {float(mean):.4f}" if mean else " ".join(values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,6 +370,11 @@ def show_run(run_dir: Path) -> Group:
         parts.append(table)
     elif info.status.startswith("damaged"):
         parts.append(Text(info.status, style="red"))
+    if summary:
+        if summary.get("failure"):
+            parts.append(Text(f"diverged: {summary['failure']}", style="red"))
+        for warning in summary.get("warnings", []):
+            parts.append(Text(f"warning: {warning}", style="yellow"))
     else:
         parts.append(
             Text(

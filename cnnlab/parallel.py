@@ -115,4 +115,4 @@ def train_stacked(
 
 
 def _record(built: Setup, program, run_dir: Path) -> RunRecord:
-    return RunRecord(built.experiment, program, run_dir, built.val, built.dataset_info())
+    return RunRecord(built, program, run_dir, stacked=True)

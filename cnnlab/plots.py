@@ -79,6 +79,7 @@ def plot_curves(run_dir: Path, path: Path | None = None) -> Path:
         axes.set_xlabel("step")
         axes.set_ylabel(key)
         axes.grid(alpha=0.3)
+    _scale_axes(loss_axes, acc_axes, [train["loss"], val["loss"]], _chance(run_dir))
     if len(train["step"]) and len(val["step"]):
         _shade_gap(acc_axes, train, val)
         best = int(np.argmax(val["accuracy"]))
@@ -91,11 +92,36 @@ def plot_curves(run_dir: Path, path: Path | None = None) -> Path:
         )
     loss_axes.set_title("loss")
     acc_axes.set_title("accuracy")
-    acc_axes.legend(loc="lower right")
-    loss_axes.legend(loc="upper right")
+    for axes in (loss_axes, acc_axes):  # below the axes: a legend never hides a curve
+        axes.legend(
+            loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize=8, frameon=False
+        )
     figure.suptitle(run_dir.name)
     figure.tight_layout()
     return _save(figure, path or run_dir / CURVES_FILE)
+
+
+def _chance(run_dir: Path) -> float | None:
+    """The accuracy of a model that ignores its input, as the run's summary records it."""
+    from cnnlab.runs import read_json
+
+    return read_json(Path(run_dir) / "summary.json").get("chance_accuracy")
+
+
+def _scale_axes(loss_axes, acc_axes, losses: Sequence[np.ndarray], chance: float | None) -> None:
+    """A log loss axis when the loss spans more than two orders of magnitude (else a spike
+    flattens the rest into a line); accuracy from 0 to 1, with the chance level drawn, so that
+    noise at chance does not look like swings."""
+    values = np.concatenate([np.asarray(v, float) for v in losses]) if losses else np.array([])
+    values = values[np.isfinite(values) & (values > 0)]
+    if len(values) and values.max() / values.min() > 100:
+        loss_axes.set_yscale("log")
+        loss_axes.set_ylabel("loss (log scale)")
+    acc_axes.set_ylim(0, 1.02)
+    if chance is not None:
+        acc_axes.axhline(
+            chance, color="black", linestyle="-.", linewidth=1, label=f"chance {chance:.3f}"
+        )
 
 
 def _shade_gap(axes, train: dict, val: dict) -> None:
@@ -163,6 +189,8 @@ def plot_compare(run_dirs: Sequence[Path], path: Path) -> Path:
     solid, validation dashed."""
     plt = _pyplot()
     figure, (loss_axes, acc_axes) = plt.subplots(1, 2, figsize=(12, 4.6))
+    names = run_labels(run_dirs)
+    losses = []
     for index, run_dir in enumerate(run_dirs):
         data = curves(Path(run_dir))
         colour = f"C{index % 10}"
@@ -170,17 +198,60 @@ def plot_compare(run_dirs: Sequence[Path], path: Path) -> Path:
             series = data[split]
             if not len(series["step"]):
                 continue
-            label = f"{Path(run_dir).name} ({split})"
+            label = f"{names[index]} ({split})"
             loss_axes.plot(series["step"], series["loss"], style, color=colour, label=label)
+            losses.append(series["loss"])
             acc_axes.plot(series["step"], series["accuracy"], style, color=colour, label=label)
     for axes, key in ((loss_axes, "loss"), (acc_axes, "accuracy")):
         axes.set_title(key)
         axes.set_xlabel("step")
         axes.set_ylabel(key)
         axes.grid(alpha=0.3)
+    _scale_axes(loss_axes, acc_axes, losses, _chance(run_dirs[0]) if run_dirs else None)
     handles, labels = acc_axes.get_legend_handles_labels()
     figure.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
     figure.suptitle("solid: training, dashed: validation")
     rows = (len(labels) + 1) // 2
     figure.tight_layout(rect=(0, min(0.06 * rows, 0.5), 1, 1))
+    return _save(figure, path)
+
+
+def run_labels(run_dirs: Sequence[Path]) -> list[str]:
+    """Each run named by the settings that differ between the runs (`lr=0.001`), else by its
+    folder name."""
+    from cnnlab.history import config_differences, read_config, show_value
+
+    differences = config_differences([read_config(Path(d)) for d in run_dirs])
+    keys = [k for k in differences if k != "name"][:3]
+    if not keys:
+        return [Path(d).name for d in run_dirs]
+    return [
+        ", ".join(f"{k.rsplit('.', 1)[-1]}={show_value(differences[k][i])}" for k in keys)
+        for i in range(len(run_dirs))
+    ]
+
+
+def plot_mistakes(images: np.ndarray, mistakes: Sequence[dict], class_names, path: Path) -> Path:
+    """A grid of the most confident mistakes: each image with its true and predicted class and
+    the probability given to the wrong one. `mistakes`: {index, true, predicted, probability}."""
+    plt = _pyplot()
+    count = max(len(mistakes), 1)
+    columns = min(8, count)
+    rows = -(-count // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.9 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, mistake in zip(axes.flat, mistakes, strict=False):
+        image = images[mistake["index"]]
+        grey = image.shape[-1] == 1
+        ax.imshow(image[..., 0] if grey else image, cmap="gray" if grey else None, vmin=0, vmax=255)
+        ax.set_title(
+            f"true {class_names[mistake['true']]}\nsaid {class_names[mistake['predicted']]} "
+            f"{mistake['probability']:.0%}",
+            fontsize=7,
+        )
+    if not mistakes:
+        axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    figure.suptitle("most confident mistakes")
+    figure.tight_layout()
     return _save(figure, path)

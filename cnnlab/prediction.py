@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from cnnlab.errors import UserError
 
@@ -22,6 +24,8 @@ class Prediction:
     top: list[tuple[str, float]]  # (class name, probability), most likely first
     checkpoint: str  # which checkpoint answered: 'best' or 'latest'
     step: int
+    model_input: Path | None = None  # the image as the model was given it (PNG)
+    warning: str | None = None  # the input looks unlike the training images
 
 
 def open_image(path: Path):
@@ -93,10 +97,58 @@ def predict_files(
     batch = np.stack([to_input(image, restored.image_shape) for image in images])
     probabilities = probabilities_of(restored, batch)
     names, kind, step = restored.class_names, restored.checkpoint, restored.step
+    saved = save_inputs(run_dir, paths, batch)
+    warnings = [input_warning(image, restored.dataset.get("brightness")) for image in batch]
     return [
-        Prediction(Path(path), image.size, top_classes(row, names, top_k), kind, step)
-        for path, image, row in zip(paths, images, probabilities, strict=True)
+        Prediction(Path(path), image.size, top_classes(row, names, top_k), kind, step, *extra)
+        for path, image, row, *extra in zip(
+            paths, images, probabilities, saved, warnings, strict=True
+        )
     ]
+
+
+def save_inputs(run_dir: Path, paths: Sequence[Path], batch: np.ndarray) -> list[Path]:
+    """Each input as the model receives it (converted and resized), enlarged without smoothing
+    so small inputs stay visible, under the run's predict/ folder."""
+    from PIL import Image
+
+    folder = Path(run_dir) / "predict"
+    folder.mkdir(exist_ok=True)
+    saved = []
+    for path, image in zip(paths, batch, strict=True):
+        height, width, channels = image.shape
+        scale = max(1, 128 // max(height, width))
+        picture = Image.fromarray(image[..., 0] if channels == 1 else image)
+        picture = picture.resize((width * scale, height * scale), Image.Resampling.NEAREST)
+        target = folder / f"{Path(path).stem}_input.png"
+        picture.save(target)
+        saved.append(target)
+    return saved
+
+
+def brightness(train_images: np.ndarray) -> list[float]:
+    """[mean, std] of the training images' per-image mean brightness on the [0, 1] scale:
+    recorded with a run, so that predictions can be checked without the data."""
+    means = train_images.reshape(len(train_images), -1).mean(1) / 255.0
+    return [round(float(means.mean()), 6), round(max(float(means.std()), 0.02), 6)]
+
+
+def input_warning(image: np.ndarray, recorded: list[float] | None) -> str | None:
+    """A warning when the image's mean brightness is far outside that of the training images
+    (more than 3 standard deviations of their per-image means, as `brightness` recorded them);
+    it names inverted polarity when the inverted image would fit. Runs that recorded nothing
+    get no warning."""
+    if not recorded:
+        return None
+    centre, spread = recorded
+    mean = float(image.mean()) / 255.0
+    if abs(mean - centre) <= 3 * spread:
+        return None
+    seen = f"mean brightness {mean:.2f}, training images {centre:.2f} ± {spread:.2f}"
+    if abs((1 - mean) - centre) <= 3 * spread:
+        dark = "light on dark" if centre < 0.5 else "dark on light"
+        return f"inverted polarity? {seen}: the training images are {dark}; invert the image"
+    return f"unlike the training images: {seen}"
 
 
 def predictions_table(predictions: Sequence[Prediction], bar_width: int = 20) -> Group:
@@ -114,4 +166,8 @@ def predictions_table(predictions: Sequence[Prediction], bar_width: int = 20) ->
             style = "bold" if rank == 1 else ""
             table.add_row(str(rank), name, f"{probability:.2%}", f"[cyan]{bar}[/]", style=style)
         tables.append(table)
+        if prediction.warning:
+            tables.append(Text.from_markup(f"[yellow]warning:[/] {escape(prediction.warning)}"))
+        if prediction.model_input:
+            tables.append(Text(f"as the model saw it: {prediction.model_input}", style="dim"))
     return Group(*tables)

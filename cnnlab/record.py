@@ -9,10 +9,10 @@ from pathlib import Path
 
 import jax
 
-from cnnlab.config import Experiment
-from cnnlab.data.dataset import Split
+from cnnlab.diagnosis import Divergence
 from cnnlab.diagnostics import GradientWatch, OverfitWatch, first_nonfinite
 from cnnlab.errors import UserError
+from cnnlab.evidence import judge_run
 from cnnlab.files import note
 from cnnlab.runs import Checkpoints, MetricsWriter, read_metrics, rewrite_metrics, write_json
 from cnnlab.step import Program, logits, scores
@@ -21,18 +21,13 @@ from cnnlab.step import Program, logits, scores
 class RunRecord:
     """One trial's run folder, fed by the loop (see cnnlab.loop.Record)."""
 
-    def __init__(
-        self,
-        experiment: Experiment,
-        program: Program,
-        run_dir: Path,
-        val: Split,
-        dataset_info: dict,
-        progress=None,
-    ):
-        self.experiment, self.program, self.run_dir = experiment, program, run_dir
-        self.val, self.dataset_info, self.progress = val, dataset_info, progress
-        self.cfg = experiment.train
+    def __init__(self, built, program: Program, run_dir: Path, progress=None, stacked=False):
+        """`built`: the experiment set up against its data (cnnlab.training.Setup); `program`:
+        the one it trains on (shared by stacked trials)."""
+        self.built, self.program, self.run_dir = built, program, run_dir
+        self.experiment, self.val = built.experiment, built.val
+        self.progress, self.stacked = progress, stacked
+        self.cfg = self.experiment.train
         self.checkpoints = Checkpoints(run_dir)
         self.metrics: MetricsWriter | None = None
         self.best: dict | None = None
@@ -40,6 +35,7 @@ class RunRecord:
         self.last_val: dict = {}
         self.warnings: list[str] = []
         self.failure: str | None = None
+        self.divergence: Divergence | None = None
         self.gradients = GradientWatch()
         self.overfitting = OverfitWatch()
         self.plateau = 0  # evaluations since validation accuracy last improved by min_delta
@@ -113,6 +109,7 @@ class RunRecord:
         statistics of the failing step, which the frozen state replays), keep the last finite
         checkpoint, and stop."""
         layer = first_nonfinite(layers) if layers else None
+        self.divergence = Divergence(step, layer)
         where = f"; first non-finite gradient in layer {layer}" if layer else ""
         kept = self.checkpoints.step("latest")
         kept = (
@@ -173,7 +170,7 @@ class RunRecord:
             "steps": step,
             "steps_planned": self.cfg.steps,
             "batch_size": self.program.batch_size,
-            "dataset": self.dataset_info,
+            "dataset": self.built.dataset_info(),
             "final": {"train": self.last_train, "val": self.last_val},
             "best": self.best,
             "overfitting_since_step": self.overfitting.onset,
@@ -188,6 +185,7 @@ class RunRecord:
             },
             "versions": library_versions(),
         }
+        summary.update(judge_run(self, summary, self.built, self.stacked))
         write_json(self.run_dir / "summary.json", summary)
         return summary
 

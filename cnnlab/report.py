@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from rich.console import Console, Group
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -53,6 +54,30 @@ class TrainProgress:
         self._bar.update(self._task, completed=step, stats=stats)
 
 
+def diagnosis_lines(diagnosis, *, failing: bool = True) -> list[str]:
+    """A `Diagnosis` (or its dict in summary.json) as printed lines: cause and what was seen,
+    the fix, and the other causes that apply. Nothing for None."""
+    if diagnosis is None:
+        return []
+    if not isinstance(diagnosis, dict):
+        diagnosis = diagnosis.to_dict()
+    head = "[bold]diagnosis[/]" if failing else "[yellow]note[/]"
+    lines = [
+        f"{head} {escape('[' + diagnosis['cause'] + ']')}: {escape(diagnosis['message'])}",
+        f"[bold]fix:[/] {escape(diagnosis['fix'])}",
+    ]
+    if diagnosis.get("also"):
+        lines.append(f"also: {', '.join(diagnosis['also'])}")
+    return lines
+
+
+def steps_line(summary: dict) -> str:
+    """Steps taken; a diverged run says the step it diverged at, once."""
+    if summary.get("diverged_at") is not None:
+        return f"diverged at step {summary['diverged_at']} of {summary['steps_planned']}"
+    return f"{summary['steps']} of {summary['steps_planned']}"
+
+
 def summary_table(summary: dict) -> Table:
     table = Table(title=f"run {summary['name']}: {summary['status']}", show_header=False)
     final_train, final_val, best = (
@@ -60,7 +85,7 @@ def summary_table(summary: dict) -> Table:
         summary["final"]["val"],
         summary["best"],
     )
-    table.add_row("steps", f"{summary['steps']} of {summary['steps_planned']}")
+    table.add_row("steps", steps_line(summary))
     if final_train:
         table.add_row(
             "train loss / accuracy", f"{final_train['loss']:.4f} / {final_train['accuracy']:.4f}"
@@ -76,6 +101,14 @@ def summary_table(summary: dict) -> Table:
         f"{summary['wall_seconds']:.1f} s (+{summary['compile_seconds']:.1f} s compile)",
     )
     table.add_row("device", f"{summary['device']['platform']} ({summary['device']['kind']})")
+    diagnosis = summary.get("diagnosis")
+    if summary.get("chance_accuracy") is not None and final_val:
+        table.add_row(
+            "chance accuracy", f"{summary['chance_accuracy']:.4f} (majority class or 1/classes)"
+        )
+    if diagnosis:
+        table.add_row("diagnosis", f"{diagnosis['cause']}: {diagnosis['message']}")
+        table.add_row("fix", diagnosis["fix"])
     return table
 
 
@@ -114,7 +147,8 @@ def evaluation_tables(evaluation) -> Group:
 
 
 def overfit_verdict(result) -> str:
-    first, last = result.losses[0][1], result.losses[-1][1]
+    # A loss is never below zero; rounding makes -0.0000 of a tiny float error.
+    first, last = result.losses[0][1], max(result.losses[-1][1], 0.0) + 0.0
     if result.memorised:
         return (
             f"[green]PASS[/]: memorised {result.samples} samples (100% accuracy) at step {result.step}; "
@@ -141,38 +175,77 @@ def sparkline(values: list[float], width: int = 12) -> str:
     return "".join(_BARS[round((x - low) / span * (len(_BARS) - 1))] for x in logs)
 
 
-def diagnostics_table(rows: list[dict]) -> Table:
-    """Per layer: the latest parameter norm and mean, gradient norm and update ratio, and the
-    gradient norm's trend over the run."""
+# Healthy per-step update/parameter ratio: about 1e-3; outside these bounds a layer barely
+# trains (below) or is rewritten each step (above).
+UPDATE_RATIO_RANGE = (1e-5, 1e-1)
+DEAD_LIMIT = 0.5  # more dead units than this in a layer is marked
+
+
+def _layer_key(name: str) -> tuple:
+    from cnnlab.diagnosis import layer_order
+
+    return layer_order(name)
+
+
+def _marked(text: str, bad: bool) -> str:
+    return f"[bold red]{text} ![/]" if bad else text
+
+
+def diagnostics_table(rows: list[dict], names: dict[str, str] | None = None) -> Table:
+    """Per layer, in forward order: the latest parameter norm, gradient norm, update ratio
+    (healthy range in the header, values outside it marked) and dead units, and the gradient
+    norm's trend over the run. `names` maps a layer's number to its description
+    ('3' -> '3 conv 3x3, 32')."""
+    names = names or {}
     layers: dict[str, list[dict]] = {}
     for row in rows:
-        layers.setdefault(row["layer"], []).append(row)
+        layers.setdefault(str(row["layer"]), []).append(row)
     last_step = max((row["step"] for row in rows), default=0)
-    table = Table(title=f"per-layer diagnostics at step {last_step}")
-    for column in (
-        "layer",
-        "param norm",
-        "param mean",
-        "grad norm",
-        "update/param",
-        "grad norm trend",
-    ):
-        table.add_column(
-            column, justify="left" if column in ("layer", "grad norm trend") else "right"
-        )
-    for layer, history in layers.items():
+    low, high = UPDATE_RATIO_RANGE
+    table = Table(title=f"per-layer diagnostics at step {last_step}, in forward order")
+    headers = (
+        ("layer", "left"),
+        ("param norm", "right"),
+        ("param mean", "right"),
+        ("grad norm", "right"),
+        ("update/param", "right"),
+        ("dead", "right"),
+        ("grad norm trend", "left"),
+    )
+    for header, justify in headers:
+        table.add_column(header, justify=justify)
+    for layer in sorted(layers, key=_layer_key):
+        history = layers[layer]
         latest = history[-1]
         if "grad_norm" not in latest:
             continue
+        ratio, grad = latest["update_ratio"], latest["grad_norm"]
+        dead = next((h["dead_fraction"] for h in reversed(history) if "dead_fraction" in h), None)
         table.add_row(
-            layer,
+            names.get(layer, layer),
             f"{latest['param_norm']:.3g}",
             f"{latest['param_mean']:+.2e}",
-            f"{latest['grad_norm']:.3g}",
-            f"{latest['update_ratio']:.2e}",
+            _marked(f"{grad:.3g}", not math.isfinite(grad) or grad == 0),
+            _marked(f"{ratio:.2e}", not (low <= ratio <= high)),
+            "—" if dead is None else _marked(f"{dead:.0%}", dead > DEAD_LIMIT),
             sparkline([h["grad_norm"] for h in history]),
         )
+    healthy = (
+        f"healthy: update/param {low:.0e}..{high:.0e} (about 1e-3), dead units below "
+        f"{DEAD_LIMIT:.0%}; ! marks values outside"
+    )
     dead = layers.get("model", [])
     if dead:
-        table.caption = f"dead ReLU units: {dead[-1]['dead_relu']:.1%} (trend {sparkline([d['dead_relu'] + 1e-6 for d in dead])})"
+        last = dead[-1]["dead_relu"]
+        table.caption = (
+            f"dead ReLU units, all layers: {_marked(f'{last:.1%}', last > DEAD_LIMIT)} "
+            f"(trend {sparkline([d['dead_relu'] + 1e-6 for d in dead])})\n{healthy}"
+        )
+    else:
+        table.caption = healthy
     return table
+
+
+def layer_names(summary) -> dict[str, str]:
+    """'3' -> '3 conv 3x3, 32': the layer rows of a `ModelSummary` as names for the table."""
+    return {row.name: f"{row.name} {row.kind} {row.detail}".strip() for row in summary.rows}

@@ -9,7 +9,9 @@ import numpy as np
 
 from cnnlab.config import Experiment
 from cnnlab.data.dataset import Split
-from cnnlab.diagnostics import explain_overfit_failure
+from cnnlab.diagnosis import Diagnosis, Divergence
+from cnnlab.diagnostics import first_nonfinite
+from cnnlab.evidence import overfit_diagnosis
 from cnnlab.hyper import experiment_numbers
 from cnnlab.loop import Cadence, run
 from cnnlab.step import (
@@ -34,7 +36,7 @@ class OverfitResult:
     losses: list[tuple[int, float]]  # (step, loss) at each check
     accuracy: float
     notes: tuple[str, ...] = ()
-    diagnosis: str | None = None  # why it failed, when it did
+    diagnosis: Diagnosis | None = None  # why it failed, or a note on the model's structure
 
 
 class OverfitRecord:
@@ -46,6 +48,7 @@ class OverfitRecord:
         self.last_train: dict = {}
         self.last_val: dict = {}
         self.layers: dict | None = None  # per-layer statistics of the latest logged step
+        self.divergence: Divergence | None = None
         self.losses: list[tuple[int, float]] = []
         self.result: dict = {}
 
@@ -61,8 +64,11 @@ class OverfitRecord:
             self.layers = layers
         if series["finite"].all():
             return None
-        # The state stays at the last finite step; the failing step's loss is the evidence.
-        self.losses.append((int(series["step"][~series["finite"]][0]) + 1, float("inf")))
+        # The state stays at the last finite step, and the step replays the failing batch: its
+        # statistics name the layer.
+        step = int(series["step"][~series["finite"]][0])
+        self.divergence = Divergence(step, first_nonfinite(layers) if layers else None)
+        self.losses.append((step + 1, float("inf")))
         return "diverged"
 
     def evaluate(self, step, state, wall, final):
@@ -104,18 +110,12 @@ def overfit(experiment: Experiment, samples: int, max_steps: int = 1000) -> Over
         losses=record.losses,
         accuracy=record.result["accuracy"],
         notes=program.model.notes,
-        diagnosis=None if memorised else _diagnosis(record, subset),
-    )
-
-
-def _diagnosis(record: OverfitRecord, subset: Split) -> str:
-    stats = dict(record.layers or {})
-    model = stats.pop("_model", {})
-    ratios = [float(v["update_ratio"]) for v in stats.values() if np.isfinite(v["update_ratio"])]
-    grad_norm = float(np.sqrt(sum(float(v["grad_norm"]) ** 2 for v in stats.values())))
-    counts = np.bincount(subset.labels) / len(subset)
-    label_entropy = float(-(counts[counts > 0] * np.log(counts[counts > 0])).sum())
-    dead = float(model["dead_relu"]) if "dead_relu" in model else None
-    return explain_overfit_failure(
-        record.losses, label_entropy, max(ratios, default=0.0), grad_norm, dead
+        diagnosis=overfit_diagnosis(
+            experiment,
+            program,
+            subset,
+            init_state(program, experiment.train.seed, norm, numbers, subset.images),
+            record,
+            numbers,
+        ),
     )

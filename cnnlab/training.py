@@ -17,6 +17,7 @@ from cnnlab.hyper import experiment_numbers
 from cnnlab.loop import Cadence, run
 from cnnlab.models import build_model
 from cnnlab.plots import plot_curves
+from cnnlab.prediction import brightness
 from cnnlab.record import RunRecord
 from cnnlab.runs import Checkpoints, create_run_dir, read_json, read_metrics, write_json
 from cnnlab.step import (
@@ -100,6 +101,7 @@ class Setup:
             "test": len(self.dataset.test),
             "image_shape": list(self.dataset.image_shape),
             "classes": list(self.dataset.class_names),
+            "brightness": brightness(self.train.images),
         }
 
     def initial_state(self, program: Program | None = None) -> TrainState:
@@ -159,9 +161,7 @@ def train(
             built.program, state, data, numbers, 0, cfg.steps, cfg.steps_per_call
         )
         run_dir = start_run_dir(built, runs_root, run_dir)
-    record = RunRecord(
-        experiment, built.program, resume or run_dir, built.val, built.dataset_info(), progress
-    )
+    record = RunRecord(built, built.program, resume or run_dir, progress)
     try:
         if resume is not None:
             state = record.resume(state)

@@ -215,7 +215,8 @@ def test_interrupted_sweep_resumes_the_interrupted_trial_from_its_checkpoint(
     assert json.loads((second / "summary.json").read_text())["status"] == "interrupted"
     assert not third.exists()
     statuses = [r["status"] for r in read_csv(folder / "sweep.csv")]
-    assert statuses == ["completed", "interrupted", "missing"]
+    # A few steps at lr 0.001 may not lift validation above chance: completed_not_learning.
+    assert statuses[0].startswith("completed") and statuses[1:] == ["interrupted", "missing"]
     stopped_at = json.loads((second / "summary.json").read_text())["steps"]
     kept = [row for row in read_metrics(second) if row["step"] <= stopped_at]
 

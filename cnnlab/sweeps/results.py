@@ -19,7 +19,8 @@ from cnnlab.sweeps.spec import METRICS, Param, Setting, Sweep, Trial, format_val
 # Results
 
 # Run statuses that end a trial for good (an interrupted one trains again on resume).
-FINISHED = {"completed", "early_stopped", "diverged"}
+FINISHED = {"completed", "completed_not_learning", "early_stopped", "diverged"}
+SCORED = ("completed", "completed_not_learning", "early_stopped")  # statuses with a metric
 
 
 def trial_dir(sweep_dir: Path, trial: Trial) -> Path:
@@ -100,11 +101,7 @@ def collect_results(
         run_dir = trial_dir(folder, trial)
         summary = read_json(run_dir / "summary.json")
         status = summary.get("status", "interrupted" if run_dir.exists() else "missing")
-        score = (
-            metric_value(summary, sweep.metric)
-            if status in ("completed", "early_stopped")
-            else None
-        )
+        score = metric_value(summary, sweep.metric) if status in SCORED else None
         trials.append(TrialResult(trial, run_dir, status, summary, score))
     settings = [
         SettingResult(
@@ -236,13 +233,59 @@ def best_command(result: SweepResult) -> str | None:
     return f"cnnlab train {shlex.quote(shown)} {sets}".strip()
 
 
+def validation_size(result: SweepResult) -> int | None:
+    """Validation examples of the trials (they share one data split)."""
+    for r in result.trials:
+        size = (r.summary.get("dataset") or {}).get("val")
+        if size:
+            return int(size)
+    return None
+
+
+def separation(result: SweepResult) -> str | None:
+    """Whether the best setting beats the next beyond seed noise: their means must differ by
+    more than twice the standard error of the difference (over seeds)."""
+    scored = [s for s in result.settings if s.scores]
+    if len(scored) < 2:
+        return None
+    best, second = scored[0], scored[1]
+    gap = abs(best.mean - second.mean)
+    name = ", ".join(f"{k}={format_value(v)}" for k, v in best.setting.values.items())
+    other = ", ".join(f"{k}={format_value(v)}" for k, v in second.setting.values.items())
+    if best.std is None or second.std is None:
+        return f"best {name} vs next {other}: one seed each, seed noise unknown; add seeds"
+    error = math.sqrt(best.std**2 / len(best.scores) + second.std**2 / len(second.scores))
+    if gap <= 2 * error:
+        return (
+            f"tied within noise; add seeds: {name} and {other} differ by {gap:.4f}, "
+            f"within twice the seed noise of the difference ({2 * error:.4f})"
+        )
+    return f"{name} is ahead of {other} by {gap:.4f}, beyond seed noise ({2 * error:.4f})"
+
+
+def sweep_verdict(result: SweepResult) -> list[str]:
+    """What the table can and cannot tell: the separation of the best setting and, for an
+    accuracy, the size of one validation example."""
+    lines = [line for line in (separation(result),) if line]
+    size = validation_size(result)
+    if size and "accuracy" in result.sweep.metric:
+        lines.append(
+            f"one of the {size} validation examples is worth {100 / size:.2f} accuracy points"
+        )
+    return lines
+
+
 def sweep_table(result: SweepResult):
-    """A rich table: one row per setting, best first, the metric's mean ± std over seeds."""
+    """A rich table: one row per setting, best first, the metric's mean ± std over seeds, with
+    what the ranking can tell in its caption."""
     from rich.table import Table
 
     sweep = result.sweep
     better = "higher" if sweep.higher_is_better else "lower"
-    table = Table(title=f"sweep {sweep.name}: {sweep.metric} ({better} is better)")
+    table = Table(
+        title=f"sweep {sweep.name}: {sweep.metric} ({better} is better)",
+        caption="\n".join(sweep_verdict(result)) or None,
+    )
     table.add_column("#", justify="right")
     for param in sweep.params:
         table.add_column(param.key, justify="right")
@@ -259,3 +302,32 @@ def sweep_table(result: SweepResult):
         seeds = f"{len(s.scores)}/{s.seeds_total}"
         table.add_row(str(rank) if s.scores else "", *values, score, seeds)
     return table
+
+
+def show_sweep(folder: Path):
+    """A finished (or stopped) sweep's table again, read from its folder: ranked from the trial
+    summaries when its sweep file still gives the same trials, else from sweep_settings.csv."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from cnnlab.sweeps.spec import load_sweep
+
+    record = read_json(folder / "sweep.json")
+    header = Text(f"sweep folder: {folder}", style="bold")
+    try:
+        sweep = load_sweep(record["file"])
+        if sweep.fingerprint() == record.get("fingerprint"):
+            result = collect_results(sweep, folder)
+            command = best_command(result)
+            return Group(header, sweep_table(result), Text(f"best: {command}" if command else ""))
+    except Exception:  # the sweep file moved or changed: the CSV written at the end still holds
+        pass
+    table = Table(title=f"sweep {record.get('name', folder.name)} (from sweep_settings.csv)")
+    with open(folder / "sweep_settings.csv", newline="") as file:
+        rows = list(csv.reader(file))
+    for column in rows[0] if rows else []:
+        table.add_column(column, justify="right")
+    for row in rows[1:]:
+        table.add_row(*row)
+    return Group(header, table)

@@ -149,7 +149,7 @@ def open_sweep_dir(sweep: Sweep, resume: Path | None = None, new: bool = False) 
         folder = _resumable(sweep, resume)
     else:
         folder = None if new else _newest_unfinished(sweep)
-        folder = folder or create_run_dir(f"sweep_{sweep.name}", runs_dir())
+        folder = folder or create_run_dir(sweep_folder_name(sweep), runs_dir())
     (folder / "trials").mkdir(parents=True, exist_ok=True)
     write_text(folder / "sweep.yaml", sweep.text)
     write_json(folder / "sweep.json", _sweep_record(sweep))
@@ -167,16 +167,24 @@ def _resumable(sweep: Sweep, folder: Path) -> Path:
     return folder
 
 
+def sweep_folder_name(sweep: Sweep) -> str:
+    """`sweep_lr` for sweep `lr`, and `sweep_res` (not `sweep_sweep_res`) for `sweep_res`."""
+    return sweep.name if sweep.name.startswith("sweep") else f"sweep_{sweep.name}"
+
+
 def _newest_unfinished(sweep: Sweep) -> Path | None:
+    """The newest folder of exactly these trials with some left to train; when every such
+    folder is finished, the newest finished one (run again, a finished sweep shows its results
+    instead of training it all over; `--new` trains afresh)."""
     root = runs_dir()
-    folders = sorted(root.glob(f"*_sweep_{sweep.name}*"), key=lambda p: p.name, reverse=True)
+    pattern = f"*_{sweep_folder_name(sweep)}*"
+    folders = sorted(root.glob(pattern), key=lambda p: p.name, reverse=True)
     fingerprint = sweep.fingerprint()
-    for folder in folders:
-        if read_json(folder / "sweep.json").get("fingerprint") != fingerprint:
-            continue
+    same = [f for f in folders if read_json(f / "sweep.json").get("fingerprint") == fingerprint]
+    for folder in same:
         if not all(trial_finished(t, trial_dir(folder, t)) for t in sweep.trials):
             return folder
-    return None
+    return same[0] if same else None
 
 
 def _sweep_record(sweep: Sweep) -> dict:
