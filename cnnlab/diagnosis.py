@@ -202,10 +202,16 @@ def val_at_chance(evidence: Evidence) -> bool:
     return accuracy is not None and accuracy <= evidence.baseline + evidence.noise
 
 
+def val_can_tell(evidence: Evidence) -> bool:
+    """Whether the validation split is large enough that a perfect score would stand clear of
+    chance: with a handful of images, noise covers every score."""
+    return evidence.baseline + evidence.noise < 1.0
+
+
 def not_learning(evidence: Evidence) -> bool:
     """Validation accuracy ends within noise of chance (or of the majority class); without a
-    validation split, the loss never left its starting value."""
-    if final_accuracy(evidence.val) is not None:
+    validation split large enough to tell, the loss never left its starting value."""
+    if final_accuracy(evidence.val) is not None and val_can_tell(evidence):
         return val_at_chance(evidence)
     return loss_never_left_start(evidence)
 

@@ -129,7 +129,9 @@ def test_a_run_predicts_after_its_dataset_is_gone_and_eval_says_what_is_missing(
         tmp_path / "folder.yaml",
         TINY_EXPERIMENT.replace(
             "{source: digits, val_fraction: 0.1}", f"{{source: folder, path: {data}}}"
-        ).replace("steps: 40", "steps: 20"),
+        )
+        .replace("steps: 40", "steps: 20")
+        .replace("batch_size: 32", "batch_size: 8"),
     )
     cli("train", experiment)
     (run,) = isolated_runs.iterdir()

@@ -41,7 +41,8 @@ def site(run, tmp_path_factory):
     started.mkdir()
     config = (run / "config.yaml").read_text().replace("lr: 0.001", "lr: 0.01")
     write(started / "config.yaml", config)
-    write(started / "metrics.jsonl", json.dumps({"step": 10, "split": "train", "loss": 2.0}) + "\n")
+    row = {"step": 10, "split": "train", "loss": 2.0, "accuracy": 0.3, "lr": 0.01}
+    write(started / "metrics.jsonl", json.dumps(row) + "\n")
     make_sweep(root / "2026-01-02_00-00-00_sweep_lr", config)
     secret = root.parent / "outside"
     write(secret / "config.yaml", "name: SECRET-CONFIG\n")
