@@ -23,13 +23,13 @@ from pydantic import (
     ConfigDict,
     Field,
     Strict,
-    ValidationError,
     model_validator,
 )
 
-from cnnlab.errors import SpecError, suggest
+from cnnlab.errors import SpecError
 from cnnlab.hyper import STATIC
 from cnnlab.registry import Registry
+from cnnlab.validation import validate
 
 Image = jax.Array  # (H, W, C) float in [0, 1]
 Shape = tuple[int, int, int]
@@ -524,21 +524,9 @@ def _parse_item(index: int, item: Any) -> AugmentSpec:
     if not isinstance(params, dict):
         raise SpecError((index, name), f"parameters of '{name}' must be a mapping, e.g. {{p: 0.5}}")
     try:
-        return cls.model_validate(params)
-    except ValidationError as error:
-        raise _first_error(error, cls).within(index, name) from None
-
-
-def _first_error(error: ValidationError, cls: type[AugmentSpec]) -> SpecError:
-    detail = error.errors()[0]
-    loc = tuple(detail["loc"])
-    if detail["type"] == "extra_forbidden":
-        return SpecError(
-            loc,
-            f"unknown parameter '{loc[-1]}' of '{cls.name}'; {suggest(loc[-1], cls.model_fields)}",
-        )
-    message = detail["msg"].removeprefix("Value error, ")
-    return SpecError(loc, message)
+        return validate(cls, params, "parameter")
+    except SpecError as error:
+        raise error.within(index, name) from None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -21,7 +21,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -29,6 +28,7 @@ from pydantic import (
 from cnnlab.errors import SpecError, UserError, suggest
 from cnnlab.files import Tree, TreeList, loader_for, write_text
 from cnnlab.files import read_yaml as files_read_yaml
+from cnnlab.validation import validate
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # A source checkout keeps experiments/ beside the package; a wheel carries a copy inside it.
@@ -370,44 +370,13 @@ class Experiment:
         return located_error(self.tree, error)
 
 
-def _pydantic_to_spec_error(error: ValidationError, model: type[BaseModel]) -> SpecError:
-    first = error.errors()[0]
-    loc = tuple(first["loc"])
-    if first["type"] == "extra_forbidden":
-        valid = _fields_at(model, loc[:-1])
-        return SpecError(loc, f"unknown key; {suggest(loc[-1], valid)}")
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "missing":
-        message = "required key is missing"
-    elif "input" in first and not isinstance(first["input"], (dict, list)):
-        message += f" (got {first['input']!r})"
-    return SpecError(loc, message)
-
-
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    for part in loc:
-        field_type = model.model_fields[part].annotation
-        models = [
-            t
-            for t in (field_type, *get_args(field_type))
-            if isinstance(t, type) and issubclass(t, BaseModel)
-        ]
-        if not models:
-            return []
-        model = models[0]
-    return list(model.model_fields)
-
-
 def experiment_from_tree(tree: dict) -> Experiment:
     """Validate a composed tree (raises SpecError with the full key path)."""
     from cnnlab.augment import parse_augment
     from cnnlab.models import parse_model_spec
     from cnnlab.optim import parse_optimizer_spec
 
-    try:
-        top = _Top.model_validate(dict(tree))
-    except ValidationError as error:
-        raise _pydantic_to_spec_error(error, _Top) from None
+    top = validate(_Top, tree)
     if top.model is None:
         raise SpecError(
             ("model",), "required key is missing (a mapping, or a fragment name such as cnn_small)"

@@ -37,13 +37,13 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializeAsAny,
-    ValidationError,
     field_validator,
 )
 
 from cnnlab.errors import SpecError, suggest
 from cnnlab.hyper import STATIC
 from cnnlab.registry import Registry
+from cnnlab.validation import validate
 
 Schedule = Callable[[Any], jax.Array]  # step -> learning rate, jnp-traceable
 
@@ -370,35 +370,6 @@ class _RawSpec(_Frozen):
     lookahead: LookaheadSpec | None = None
 
 
-def _validate(model: type[BaseModel], raw: Any) -> BaseModel:
-    """pydantic validation with errors as SpecError (loc relative to `raw`)."""
-    if not isinstance(raw, Mapping):
-        raise SpecError((), f"expected a mapping, got {raw!r}")
-    try:
-        return model.model_validate(dict(raw))
-    except ValidationError as error:
-        first = error.errors()[0]
-        loc = tuple(first["loc"])
-        if first["type"] == "extra_forbidden":
-            valid = _fields_at(model, loc[:-1])
-            raise SpecError(loc, f"unknown key '{loc[-1]}'; {suggest(loc[-1], valid)}") from None
-        if first["type"] == "missing":
-            raise SpecError(loc, "missing required key") from None
-        message = first["msg"].removeprefix("Value error, ")
-        raise SpecError(loc, message[0].lower() + message[1:]) from None
-
-
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    for key in loc:
-        annotation = model.model_fields[key].annotation
-        model = next(t for t in getattr(annotation, "__args__", (annotation,)) if _is_model(t))
-    return list(model.model_fields)
-
-
-def _is_model(candidate: Any) -> bool:
-    return isinstance(candidate, type) and issubclass(candidate, BaseModel)
-
-
 def _parse_schedule(raw: Any) -> ScheduleSpec:
     """`cosine` or `{name: cosine, ...}`; loc relative to the schedule value."""
     if isinstance(raw, str):
@@ -408,12 +379,12 @@ def _parse_schedule(raw: Any) -> ScheduleSpec:
     if "name" not in raw:
         raise SpecError((), f"a schedule needs a 'name'; valid: {', '.join(SCHEDULES)}")
     kind = SCHEDULES.get(raw["name"], ("name",))
-    return _validate(kind, raw)
+    return validate(kind, raw)
 
 
 def parse_optimizer_spec(raw: Mapping) -> OptimizerSpec:
     """Validate the `optimizer:` mapping; errors are SpecError with loc relative to `raw`."""
-    fields = _validate(_RawSpec, raw)
+    fields = validate(_RawSpec, raw)
     if fields.python is not None:
         return _parse_python(fields, raw)
     if fields.name is None:

@@ -30,12 +30,12 @@ def spec_error(error: ValidationError, model: type[BaseModel], noun: str = "key"
     """The first problem of `error` (an unknown key first: it usually explains a missing one)."""
     errors = error.errors()
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = tuple(first["loc"])
+    loc = _keys(first["loc"])
     if first["type"] == "extra_forbidden":
         return SpecError(loc, f"unknown {noun}; {suggest(loc[-1], fields_at(model, loc[:-1]))}")
     if first["type"] == "missing":
         return SpecError(loc, f"required {noun} '{loc[-1]}' is missing")
-    union = [e for e in errors if tuple(e["loc"])[:1] == loc[:1] and e["type"] != "value_error"]
+    union = [e for e in errors if _keys(e["loc"])[:1] == loc[:1] and e["type"] != "value_error"]
     if len(union) > 1 and len(loc) == 1:  # a union: say every form it accepts
         wanted = dict.fromkeys(e["msg"].removeprefix("Input should be ") for e in union)
         return SpecError(loc, f"should be {' or '.join(wanted)} (got {first['input']!r})")
@@ -43,6 +43,19 @@ def spec_error(error: ValidationError, model: type[BaseModel], noun: str = "key"
     if first["type"] != "value_error" and not isinstance(first.get("input"), (dict, list)):
         message += f" (got {first['input']!r})"
     return SpecError(loc, message[0].lower() + message[1:])
+
+
+_TYPE_NAMES = {"int", "float", "str", "bool", "list", "dict", "tuple", "none", "set"}
+
+
+def _keys(loc) -> tuple:
+    """pydantic's error location without the names it gives the members of a union
+    ('constrained-int', 'list[int]', ...): only the keys and indices a user wrote."""
+    return tuple(
+        part
+        for part in loc
+        if isinstance(part, int) or not ("[" in part or "-" in part or part in _TYPE_NAMES)
+    )
 
 
 def fields_at(model: type[BaseModel], loc: tuple) -> list[str]:

@@ -23,13 +23,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from cnnlab.errors import SpecError, suggest
 from cnnlab.models.families import FAMILIES, FamilyArgs
 from cnnlab.models.initializers import DEFAULT_INIT, check_init_name
 from cnnlab.models.layers import LAYERS, LayerSpec
 from cnnlab.models.python_layer import parse_python_layer
+from cnnlab.validation import validate
 
 BLOCKS = ("residual", "repeat")
 MAX_LAYERS = 10_000  # layers once repeats are written out (residual bodies counted too)
@@ -74,33 +75,13 @@ ModelSpec = LayerListSpec | FamilySpec | PythonModelSpec
 
 
 def validate_args(model: type[BaseModel], data: Any, loc: tuple) -> Any:
-    """`model.model_validate(data)`, with pydantic's errors turned into one SpecError."""
+    """`model.model_validate(data)`, its first problem as a SpecError at `loc`."""
     if not isinstance(data, Mapping):
         raise SpecError(loc, f"expected a mapping of arguments, got {data!r}")
     try:
-        return model.model_validate(dict(data))
-    except ValidationError as error:
-        raise _spec_error(error, model, loc) from None
-
-
-def _spec_error(error: ValidationError, model: type[BaseModel], loc: tuple) -> SpecError:
-    errors = error.errors()
-    # an unknown key usually explains a missing one (a typo), so it is reported first
-    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    key = first["loc"][:1]
-    where = loc + key + tuple(part for part in first["loc"][1:] if isinstance(part, int))
-    if first["type"] == "extra_forbidden":
-        return SpecError(where, f"unknown argument; {suggest(key[0], model.model_fields)}")
-    if first["type"] == "missing":
-        return SpecError(where, f"required argument '{key[0]}' is missing")
-    same_key = [e for e in errors if e["loc"][:1] == key]
-    if len(same_key) > 1:  # a union: say every form it accepts
-        wanted = dict.fromkeys(e["msg"].removeprefix("Input should be ") for e in same_key)
-        return SpecError(where, f"should be {' or '.join(wanted)} (got {first['input']!r})")
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] != "value_error" and not isinstance(first.get("input"), (dict, list, Mapping)):
-        message += f" (got {first['input']!r})"
-    return SpecError(where, message)
+        return validate(model, data, "argument")
+    except SpecError as error:
+        raise error.within(*loc) from None
 
 
 def _is_list(value: Any) -> bool:
