@@ -102,17 +102,31 @@ def train(
     resume: Annotated[
         str | None, typer.Option(help="Continue this run from its latest checkpoint.")
     ] = None,
+    coordinator: Annotated[
+        str | None,
+        typer.Option(help="Several processes: HOST:PORT where process 0 listens (same for all)."),
+    ] = None,
+    num_processes: Annotated[
+        int | None, typer.Option(help="Several processes: how many train the run.")
+    ] = None,
+    process_id: Annotated[
+        int | None, typer.Option(help="Several processes: this one's number, from 0.")
+    ] = None,
 ):
-    """Train an experiment into a new run folder under runs/ (or --resume a stopped run)."""
+    """Train an experiment into a new run folder under runs/ (or --resume a stopped run), on
+    every device (train.devices), and with several processes on several machines."""
     from cnnlab import api
+    from cnnlab.processes import cluster_from, start
     from cnnlab.report import TrainProgress, summary_table
 
+    cluster = cluster_from(coordinator, num_processes, process_id)
     if (experiment is None) == (resume is None):
         raise UserError("give an experiment file to train, or --resume RUN to continue a run")
     if resume and set_:
         raise UserError("--set cannot change a run being resumed; train a new run with the changes")
     stopped = api.open_run(resume) if resume else None
     exp = load(stopped.path / "config.yaml" if stopped else experiment, set_)
+    start(cluster)  # after the checks above, before JAX computes anything
     with TrainProgress(console, exp.train.steps) as progress:
         run = (
             api.resume(stopped, progress=progress) if stopped else api.train(exp, progress=progress)

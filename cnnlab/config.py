@@ -13,7 +13,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -322,6 +322,8 @@ class TrainConfig(_Section):
         "float32"  # bf16: compute in bfloat16, keep float32 weights
     )
     test_time_flip: bool = False  # evaluate on the mean logits of each image and its mirror
+    # Devices the batch splits over (cnnlab.mesh): all of them, or the first N.
+    devices: Literal["all"] | Annotated[int, Field(ge=1)] = "all"
 
     @model_validator(mode="after")
     def _cadence_fits_calls(self):

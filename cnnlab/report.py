@@ -76,7 +76,21 @@ def summary_table(summary: dict) -> Table:
         f"{summary['wall_seconds']:.1f} s (+{summary['compile_seconds']:.1f} s compile)",
     )
     table.add_row("device", f"{summary['device']['platform']} ({summary['device']['kind']})")
+    if "mesh" in summary:
+        table.add_row("mesh", mesh_line(summary["mesh"]))
     return table
+
+
+def mesh_line(info: dict) -> str:
+    """One line for tables: '4 devices, cpu (cpu), 1 process, 16 images per device'."""
+    devices = f"{info['devices']} device{'s' if info['devices'] != 1 else ''}"
+    processes = f"{info['processes']} process{'es' if info['processes'] != 1 else ''}"
+    line = f"{devices}, {', '.join(info['kinds'])}, {processes}"
+    if "trials_per_device" in info:
+        line += f", {info['trials_per_device']} stacked trials per device"
+    if "per_device_batch" in info:
+        line += f", {info['per_device_batch']} images per device"
+    return line
 
 
 def evaluation_tables(evaluation) -> Group:
