@@ -53,6 +53,13 @@ def friendly(command):
         except KeyboardInterrupt:
             errors.print("interrupted")
             raise typer.Exit(130) from None
+        except Exception as error:  # several processes: another one gone is one line too
+            from cnnlab.processes import lost, stop
+
+            line = lost(error)
+            if line is None:
+                raise
+            stop(line)
 
     return run
 

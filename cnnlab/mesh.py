@@ -60,7 +60,9 @@ class DataMesh:
             return jax.device_put(tree, sharding)
 
         def global_array(value):
-            if isinstance(value, jax.Array) and value.sharding.is_equivalent_to(sharding, value.ndim):
+            if isinstance(value, jax.Array) and value.sharding.is_equivalent_to(
+                sharding, value.ndim
+            ):
                 return value  # already there (a state on this mesh)
             value = np.asarray(value)
             return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])

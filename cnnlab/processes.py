@@ -7,9 +7,10 @@ computes the same permutations; the compiled call spans every process's devices.
 alone writes the run folder, which must be on a filesystem all hosts share; checkpoints are
 written by all of them together (orbax).
 
-A process that dies makes JAX end the others after HEARTBEAT_SECONDS without news of it. JAX
-ends them from its C++ runtime, with a page of log; a small watcher process turns that into
-one line (`watch`), and the runtime's own log goes to a file.
+A process that dies ends the others with one line and a non-zero exit: at once when they
+are waiting on it in a collective (`lost`), else when JAX's runtime, after HEARTBEAT_SECONDS
+without news of it, ends them from C++ with a page of log. That page goes to a file; a small
+watcher process turns it into the line (`watch`).
 """
 
 from __future__ import annotations
@@ -148,11 +149,24 @@ def shared_path(path: Path | None) -> Path:
     return Path(bytes(value[value != 0]).decode())
 
 
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is true on any process (on one process: the flag itself)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return flag
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+
+
 # ---------------------------------------------------------------------------------------------
 # One line when JAX ends this process
 
 
 FATAL = re.compile(r"^F\d{4} [\d:.]+\s+\d+ \S+\] (.*)")
+_watcher: dict = {}  # the pipe to the watcher and the runtime's log, once watched
 
 
 def watch(process_id: int) -> Path:
@@ -174,12 +188,13 @@ def watch(process_id: int) -> Path:
     if os.fork() == 0:  # the watcher: reads until the trainer's end of the pipe closes
         os.close(ended)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
-        os.read(alive, 1)
-        line = ended_by_runtime(log, process_id)
+        said = os.read(alive, 1)  # b"": the trainer ended without saying why itself
+        line = None if said else ended_by_runtime(log, process_id)
         if line:
             os.write(terminal, (line + "\n").encode())
         os._exit(0)
     os.close(alive)  # the trainer holds `ended` open until it exits, however it exits
+    _watcher.update(pipe=ended, log=log, process_id=process_id)
     return log
 
 
@@ -194,11 +209,41 @@ def ended_by_runtime(log: Path, process_id: int) -> str | None:
         return None
     if "stopped sending heartbeats" in text:
         cause = f"another process sent no heartbeat for {HEARTBEAT_SECONDS} s (it died or hangs)"
-    elif "coordination service" in text:
+    elif "Failed to send RPC to coordination service" in text:
         cause = "process 0 (the coordinator) cannot be reached"
     else:
-        cause = fatal[:200]
+        cause = fatal.rsplit("absl::Status: ", 1)[-1][:200]
+    return stopped_line(process_id, cause, log)
+
+
+def stopped_line(process_id: int, cause: str, log: Path) -> str:
     return (
         f"error: process {process_id} stopped: {cause}; every process of the run stops. Start "
         f"them all again with --resume RUN (the runtime's log: {log})"
     )
+
+
+def lost(error: BaseException) -> str | None:
+    """The one line for an error that says another process is gone (a collective whose peer
+    closed its connection); None for any other error, or with one process."""
+    if not _watcher or "jax" not in sys.modules:
+        return None
+    import jax
+
+    text = str(error)
+    peer_gone = any(
+        sign in text for sign in ("Connection closed by peer", "Connection reset", "Socket closed")
+    )
+    if not isinstance(error, jax.errors.JaxRuntimeError) or not peer_gone:
+        return None
+    return stopped_line(_watcher["process_id"], "another process left the run", _watcher["log"])
+
+
+def stop(line: str, code: int = 1):
+    """Print `line`, tell the watcher it is said, and end now: JAX's orderly shutdown would
+    wait for the processes that are gone."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    if _watcher:
+        os.write(_watcher["pipe"], b"said")
+    os._exit(code)

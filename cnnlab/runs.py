@@ -159,18 +159,26 @@ def read_json(path: Path) -> dict:
 
 
 class Checkpoints:
-    """`checkpoints/latest` and `checkpoints/best`, one step kept in each (orbax, atomic)."""
+    """`checkpoints/latest` and `checkpoints/best`, one step kept in each (orbax, atomic). With
+    several processes every one of them calls each method; orbax coordinates the writing."""
 
     def __init__(self, run_dir: Path):
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
         self.root = (run_dir / "checkpoints").resolve()
-        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
         self._managers = {
-            kind: ocp.CheckpointManager(self.root / kind, options=options)
+            kind: ocp.CheckpointManager(self.root / kind, options=self._options(kind))
             for kind in ("latest", "best")
         }
+
+    def _options(self, kind: str):
+        # With several processes the two managers save the same steps: their barriers need
+        # names of their own, or one manager's barrier is taken for the other's.
+        processes = self._ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=kind)
+        return self._ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, multiprocessing_options=processes
+        )
 
     def save(self, kind: str, step: int, state: Any) -> None:
         manager = self._managers[kind]
