@@ -399,7 +399,8 @@ def inspect(
         typer.Option(help="Also write the network in 3D as a self-contained HTML file."),
     ] = None,
 ):
-    """Layer by layer: output shape, parameters and forward FLOPs per image, with totals."""
+    """Layer by layer: output shape, parameters and forward FLOPs per image, with totals; and
+    the devices it trains on, with the batch each computes."""
     from cnnlab.models import describe_model, render_model_summary
     from cnnlab.training import load_data
 
@@ -411,6 +412,13 @@ def inspect(
         raise exp.user_error(error.within("model")) from None
     console.print(render_model_summary(summary))
     say_notes(summary.notes)
+    from cnnlab.mesh import describe
+    from cnnlab.report import mesh_line
+    from cnnlab.training import training_mesh
+
+    batch = min(exp.train.batch_size, len(dataset.train))
+    layout = describe(training_mesh(exp, batch), batch)
+    console.print(f"trains on {mesh_line(layout)} (batch {batch})", highlight=False)
     if html:
         from cnnlab.ui.netview import network_data, write_html
 

@@ -87,7 +87,8 @@ def mesh_line(info: dict) -> str:
     processes = f"{info['processes']} process{'es' if info['processes'] != 1 else ''}"
     line = f"{devices}, {', '.join(info['kinds'])}, {processes}"
     if "trials_per_device" in info:
-        line += f", {info['trials_per_device']} stacked trials per device"
+        trials = info["trials_per_device"]
+        line += f", {trials} stacked trial{'s' if trials != 1 else ''} per device"
     if "per_device_batch" in info:
         line += f", {info['per_device_batch']} images per device"
     return line
