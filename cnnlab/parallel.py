@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnlab.config import Experiment
+from cnnlab.errors import SpecError
 from cnnlab.hyper import first_difference
 from cnnlab.loop import run
 from cnnlab.mesh import describe, trial_mesh
@@ -77,7 +78,10 @@ def train_stacked(
     built = [setup(experiment, split_batch=False) for experiment in experiments]
     if len({len(b.train) for b in built}) > 1:
         raise ValueError("their training splits differ in size")
-    mesh = trial_mesh(len(experiments), experiments[0].train.devices)
+    try:
+        mesh = trial_mesh(len(experiments), experiments[0].train.devices)
+    except SpecError as error:  # more devices asked for than there are
+        raise experiments[0].user_error(error) from None
     # One program for all (the others only checked their specs), on the trials' mesh.
     program = replace(built[0].program, mesh=mesh, compiled={})
     layout = describe(mesh, program.batch_size, trials=len(experiments))
