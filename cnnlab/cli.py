@@ -69,6 +69,13 @@ def friendly(command):
             if getattr(interrupt, "hint", None):
                 errors.print(interrupt.hint, highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
+        except Exception as error:  # several processes: another one gone is one line too
+            from cnnlab.processes import lost, stop
+
+            line = lost(error)
+            if line is None:
+                raise
+            stop(line)
         finally:
             say_file_notes()
 
@@ -172,16 +179,29 @@ def train(
     resume: Annotated[
         str | None, typer.Option(help="Continue this run from its latest checkpoint.")
     ] = None,
+    coordinator: Annotated[
+        str | None,
+        typer.Option(help="Several processes: HOST:PORT where process 0 listens (same for all)."),
+    ] = None,
+    num_processes: Annotated[
+        int | None, typer.Option(help="Several processes: how many train the run.")
+    ] = None,
+    process_id: Annotated[
+        int | None, typer.Option(help="Several processes: this one's number, from 0.")
+    ] = None,
 ):
-    """Train an experiment into a new run folder under runs/ (or --resume a stopped run).
+    """Train an experiment into a new run folder under runs/ (or --resume a stopped run), on
+    every device (train.devices), and with several processes on several machines.
 
-    Exits 0 when done, 1 when training diverged, 130 when interrupted (Ctrl-C: the run stops at
-    the next checkpoint and prints the command that continues it)."""
+    Exits 0 when done, 1 when training diverged or did not learn, 130 when interrupted (Ctrl-C:
+    the run stops at the next checkpoint and prints the command that continues it)."""
     from cnnlab import api
     from cnnlab.files import WriteError
+    from cnnlab.processes import cluster_from, start
     from cnnlab.report import TrainProgress, summary_table
     from cnnlab.runs import runs_dir
 
+    cluster = cluster_from(coordinator, num_processes, process_id)
     if (experiment is None) == (resume is None):
         raise UserError("give an experiment file to train, or --resume RUN to continue a run")
     if resume and set_:
@@ -192,6 +212,7 @@ def train(
         check_writable(stopped.path, "run folder")
     else:
         check_writable(runs_dir(), "runs folder")
+    start(cluster)  # after the checks above, before JAX computes anything
     started = time.time()
     try:
         with quiet_numerics(), TrainProgress(console, exp.train.steps) as progress:
@@ -557,7 +578,8 @@ def inspect(
         typer.Option(help="Also write the network in 3D as a self-contained HTML file."),
     ] = None,
 ):
-    """Layer by layer: output shape, parameters and forward FLOPs per image, with totals."""
+    """Layer by layer: output shape, parameters and forward FLOPs per image, with totals; and
+    the devices it trains on, with the batch each computes."""
     from cnnlab.models import describe_model, render_model_summary
     from cnnlab.training import load_data
 
@@ -575,6 +597,14 @@ def inspect(
     found = check_no_nonlinearity(Evidence(dataset.num_classes, (), structure=structure))
     if found:
         say_notes([f"{found.message}; {found.fix}"])
+
+    from cnnlab.mesh import describe
+    from cnnlab.report import mesh_line
+    from cnnlab.training import training_mesh
+
+    batch = min(exp.train.batch_size, len(dataset.train))
+    layout = describe(training_mesh(exp, batch), batch)
+    console.print(f"trains on {mesh_line(layout)} (batch {batch})", highlight=False)
     if html:
         from cnnlab.ui.netview import network_data, write_html
 

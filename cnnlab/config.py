@@ -325,6 +325,8 @@ class TrainConfig(_Section):
         "float32"  # bf16: compute in bfloat16, keep float32 weights
     )
     test_time_flip: bool = False  # evaluate on the mean logits of each image and its mirror
+    # Devices the batch splits over (cnnlab.mesh): all of them, or the first N.
+    devices: Literal["all"] | Annotated[int, Field(ge=1)] = "all"
 
     @model_validator(mode="after")
     def _cadence_fits_calls(self):

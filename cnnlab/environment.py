@@ -6,6 +6,9 @@
 | CNNLAB_CACHE_DIR | decoded datasets and compiled programs | ~/.cache/cnnlab |
 | TFDS_DATA_DIR | prepared TFDS datasets (TFDS's own variable) | ~/tensorflow_datasets |
 | JAX_COMPILATION_CACHE_DIR | JAX's own; wins over the cache under CNNLAB_CACHE_DIR | |
+| CNNLAB_COORDINATOR | HOST:PORT of process 0, for training on several processes | |
+| CNNLAB_NUM_PROCESSES | how many processes train the run | |
+| CNNLAB_PROCESS_ID | this process's number, 0 to CNNLAB_NUM_PROCESSES - 1 | |
 
 Nothing happens at import: the CLI and the Python API call `configure()` before they work.
 """
@@ -31,6 +34,16 @@ def cache_dir() -> Path:
 
 def tfds_data_dir() -> Path:
     return _path("TFDS_DATA_DIR", Path.home() / "tensorflow_datasets")
+
+
+def processes() -> dict[str, str]:
+    """The several-process settings that are set: coordinator, num_processes, process_id."""
+    names = {
+        "coordinator": "CNNLAB_COORDINATOR",
+        "num_processes": "CNNLAB_NUM_PROCESSES",
+        "process_id": "CNNLAB_PROCESS_ID",
+    }
+    return {key: os.environ[name] for key, name in names.items() if os.environ.get(name)}
 
 
 def configure() -> None:

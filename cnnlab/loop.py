@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
+from cnnlab.processes import any_process
 from cnnlab.step import Program, steps_program
 
 
@@ -155,7 +156,9 @@ def run(
             state, metrics = call(state, data, numbers, np.bool_(report))
             pending.append(metrics)
             step += count
-            stopping = stop.requested  # read once: a Ctrl-C arriving later is seen next call
+            # Read once: a Ctrl-C arriving later is seen next call. Several processes stop
+            # together, at the first boundary after any of them was asked to.
+            stopping = any_process(stop.requested)
             if report or stopping:
                 calls = jax.device_get(pending)  # the only host sync between logs
                 images_per_sec = (step - last_step) * batch / clock.lap()

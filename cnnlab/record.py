@@ -1,5 +1,8 @@
 """What a run folder records while the loop trains: metric rows, per-layer statistics,
-checkpoints, the watchers' warnings, validation and early stopping, and the summary."""
+checkpoints, the watchers' warnings, validation and early stopping, and the summary.
+
+With several processes every one keeps the same record (they compute the same values), and
+process 0 alone writes its files; checkpoints are saved by all of them together (orbax)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from cnnlab.diagnostics import GradientWatch, OverfitWatch, first_nonfinite
 from cnnlab.errors import UserError
 from cnnlab.evidence import judge_run
 from cnnlab.files import note
+from cnnlab.mesh import describe
+from cnnlab.processes import writes
 from cnnlab.runs import Checkpoints, MetricsWriter, read_metrics, rewrite_metrics, write_json
 from cnnlab.step import Program, logits, scores
 
@@ -21,13 +26,17 @@ from cnnlab.step import Program, logits, scores
 class RunRecord:
     """One trial's run folder, fed by the loop (see cnnlab.loop.Record)."""
 
-    def __init__(self, built, program: Program, run_dir: Path, progress=None, stacked=False):
+    def __init__(
+        self, built, program: Program, run_dir: Path, progress=None, stacked=False, layout=None
+    ):
         """`built`: the experiment set up against its data (cnnlab.training.Setup); `program`:
-        the one it trains on (shared by stacked trials)."""
+        the one it trains on (shared by stacked trials); `layout`: where it trains
+        (cnnlab.mesh.describe), given by stacked trials."""
         self.built, self.program, self.run_dir = built, program, run_dir
         self.experiment, self.val = built.experiment, built.val
         self.progress, self.stacked = progress, stacked
         self.cfg = self.experiment.train
+        self.layout = layout or describe(program.mesh, program.batch_size)
         self.checkpoints = Checkpoints(run_dir)
         self.metrics: MetricsWriter | None = None
         self.best: dict | None = None
@@ -55,7 +64,8 @@ class RunRecord:
         self.checkpoints.discard_after(step)
         rows = [row for row in read_metrics(self.run_dir) if row["step"] <= step]
         self.wall_offset = max((row["wall_time"] for row in rows), default=0.0)
-        rewrite_metrics(self.run_dir, rows)
+        if writes():
+            rewrite_metrics(self.run_dir, rows)
         for row in rows:
             if row["split"] == "train":
                 self.last_train = {k: row[k] for k in ("loss", "accuracy", "lr", "images_per_sec")}
@@ -85,7 +95,8 @@ class RunRecord:
         return like
 
     def start(self) -> None:
-        self.metrics = MetricsWriter(self.run_dir, purge_after=self.first_step)
+        writer = MetricsWriter if writes() else Unwritten
+        self.metrics = writer(self.run_dir, purge_after=self.first_step)
 
     # -- the loop's events -------------------------------------------------------------------
 
@@ -183,16 +194,34 @@ class RunRecord:
                 "kind": device.device_kind,
                 "count": jax.device_count(),
             },
+            "mesh": self.layout,
             "versions": library_versions(),
         }
         summary.update(judge_run(self, summary, self.built, self.stacked))
-        write_json(self.run_dir / "summary.json", summary)
+        if writes():
+            write_json(self.run_dir / "summary.json", summary)
         return summary
 
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
         self.checkpoints.close()
+
+
+class Unwritten:
+    """The metrics of a process other than process 0: kept in memory only."""
+
+    def __init__(self, run_dir: Path, purge_after: int = 0):
+        pass
+
+    def write(self, **row) -> None:
+        pass
+
+    def write_diagnostics(self, step: int, stats: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def library_versions() -> dict:

@@ -109,7 +109,22 @@ def summary_table(summary: dict) -> Table:
     if diagnosis:
         table.add_row("diagnosis", f"{diagnosis['cause']}: {diagnosis['message']}")
         table.add_row("fix", diagnosis["fix"])
+    if "mesh" in summary:
+        table.add_row("mesh", mesh_line(summary["mesh"]))
     return table
+
+
+def mesh_line(info: dict) -> str:
+    """One line for tables: '4 devices, cpu (cpu), 1 process, 16 images per device'."""
+    devices = f"{info['devices']} device{'s' if info['devices'] != 1 else ''}"
+    processes = f"{info['processes']} process{'es' if info['processes'] != 1 else ''}"
+    line = f"{devices}, {', '.join(info['kinds'])}, {processes}"
+    if "trials_per_device" in info:
+        trials = info["trials_per_device"]
+        line += f", {trials} stacked trial{'s' if trials != 1 else ''} per device"
+    if "per_device_batch" in info:
+        line += f", {info['per_device_batch']} images per device"
+    return line
 
 
 def evaluation_tables(evaluation) -> Group:

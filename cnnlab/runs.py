@@ -226,23 +226,31 @@ def remove_orphan_checkpoints(root: Path) -> None:
 
 
 class Checkpoints:
-    """`checkpoints/latest` and `checkpoints/best`, one step kept in each (orbax, atomic)."""
+    """`checkpoints/latest` and `checkpoints/best`, one step kept in each (orbax, atomic). With
+    several processes every one of them calls each method; orbax coordinates the writing."""
 
     def __init__(self, run_dir: Path):
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
         self.root = (run_dir / "checkpoints").resolve()
-        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
         self._cleaned = False
         self._failed = False  # a save failed: its temporary folder is removed on close
         try:
             self._managers = {
-                kind: ocp.CheckpointManager(self.root / kind, options=options)
+                kind: ocp.CheckpointManager(self.root / kind, options=self._options(kind))
                 for kind in ("latest", "best")
             }
         except OSError as error:
             raise files.write_error(self.root, error) from None
+
+    def _options(self, kind: str):
+        # With several processes the two managers save the same steps: their barriers need
+        # names of their own, or one manager's barrier is taken for the other's.
+        processes = self._ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=kind)
+        return self._ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, multiprocessing_options=processes
+        )
 
     def save(self, kind: str, step: int, state: Any) -> None:
         """Save `state` as the `kind` checkpoint at `step`; a failed write (now, or the previous

@@ -4,6 +4,7 @@ A `Program` is what a step computes, fixed at compile time (model, optimizer and
 structure, shapes, precision). The numbers a step computes with (learning rate and its schedule,
 optimizer arguments, augmentation strengths, label smoothing: see cnnlab.hyper) come in as
 data, so trials that differ only in numbers share one compiled program, stacked under `vmap`.
+Where the program runs, one device or a mesh of several, is part of it too (cnnlab.mesh).
 
 The whole training split lives on the device as uint8; each step gathers its batch there from
 a seeded per-epoch permutation. `steps_program` runs several steps in one compiled call.
@@ -23,6 +24,7 @@ import optax
 from cnnlab.augment import Augment, AugmentSpec, build_augment
 from cnnlab.diagnostics import dead_fraction, layer_stats
 from cnnlab.hyper import Numbers, with_numbers
+from cnnlab.mesh import DataMesh
 from cnnlab.models.base import Model
 from cnnlab.optim import OptimizerSpec, build_optimizer, eval_params
 
@@ -62,6 +64,7 @@ class Program:
     total_steps: int  # schedules span these
     precision: str = "float32"
     test_time_flip: bool = False
+    mesh: DataMesh | None = None  # None: one device, no sharding at all
     compiled: dict = field(default_factory=dict, repr=False)  # (count, stacked) -> executable
 
     @property
@@ -96,8 +99,10 @@ def init_state(program: Program, seed: int, norm: np.ndarray, numbers: Numbers, 
     key = ("init", with_sample)
     if key not in program.compiled:
         # Compiled: run eagerly, each initialiser's few ops would compile one by one.
+        layout = {} if program.mesh is None else {"out_shardings": program.mesh.replicated}
         program.compiled[key] = jax.jit(
-            lambda seed, norm, numbers, sample: _init(program, seed, norm, numbers, sample)
+            lambda seed, norm, numbers, sample: _init(program, seed, norm, numbers, sample),
+            **layout,
         )
     return program.compiled[key](seed, norm, numbers, sample if with_sample else None)
 
@@ -158,7 +163,8 @@ def forward(program: Program, params, model_state, x, *, train: bool, key):
 
 
 def _batch(program: Program, state: TrainState):
-    """This epoch's order, this step's example indices, and this step's key."""
+    """This epoch's order, this step's example indices, and this step's key. Every device
+    computes the same permutation; each then takes its own part of the indices."""
     order_key, step_key = jax.random.split(state.key)
     epoch, position = jnp.divmod(state.step, program.steps_per_epoch)
     order = jax.lax.cond(
@@ -170,15 +176,22 @@ def _batch(program: Program, state: TrainState):
     return order, index, jax.random.fold_in(step_key, state.step)
 
 
-def train_step(program: Program, state: TrainState, data: Data, numbers: Numbers, with_stats=None):
+def train_step(
+    program: Program, state: TrainState, data: Data, numbers: Numbers, with_stats=None, split=None
+):
     """One optimizer step on this step's batch -> (state, metrics). A non-finite loss or
     gradient leaves the state as it was. Given `with_stats` (a traced bool), the metrics carry
-    the per-layer statistics of this very step under "layers" (zeros when it is false)."""
+    the per-layer statistics of this very step under "layers" (zeros when it is false).
+    `split`: lays out an array split along the batch over the mesh (DataMesh.constrain); the
+    rest follows."""
     order, index, key = _batch(program, state)
+    if split is not None:  # each device gathers its part of the batch from its own copy
+        index = split(index)
     augment_key, model_key = jax.random.split(key)
     labels = data.labels[index]
+    images = data.images[index] if split is None else split(data.images[index])
     x, targets = program.augment_for(numbers)(
-        augment_key, preprocess(data.images[index]), jax.nn.one_hot(labels, program.num_classes)
+        augment_key, preprocess(images), jax.nn.one_hot(labels, program.num_classes)
     )
     x = standardize(state.norm, x)
     smoothing = numbers["train.label_smoothing"]
@@ -250,29 +263,47 @@ def steps_program(program: Program, count: int, state, data, numbers, *, stacked
     `count` steps; the state is donated. Metrics come per step, and under "layers" the per-layer
     statistics of the last step when `with_stats` (only that step carries the code for them,
     which keeps compiling short). `stacked`: state, data and numbers have a leading trial axis
-    (vmap). Compiled once per count, for arguments shaped like these."""
+    (vmap). Compiled once per count, for arguments shaped (and laid out on the program's mesh)
+    like these."""
     key = (count, stacked)
     if key not in program.compiled:
+        mesh = program.mesh
+        split = mesh.constrain if mesh is not None and not stacked else None
 
         def steps(state, data, numbers, with_stats):
             # XLA:CPU runs a rolled scan around convolutions ~17x slower; unrolled it is fastest.
             state, metrics = jax.lax.scan(
-                lambda s, _: train_step(program, s, data, numbers),
+                lambda s, _: train_step(program, s, data, numbers, split=split),
                 state,
                 None,
                 length=count - 1,
                 unroll=max(count - 1, 1) if on_cpu() else 1,
             )
-            state, last = train_step(program, state, data, numbers, with_stats)
+            state, last = train_step(program, state, data, numbers, with_stats, split)
             layers = last.pop("layers")
             metrics = jax.tree.map(lambda m, x: jnp.concatenate([m, x[None]]), metrics, last)
             return state, {**metrics, "layers": layers}
 
         run = jax.vmap(steps, in_axes=(0, 0, 0, None)) if stacked else steps
-        jitted = jax.jit(run, donate_argnums=0, compiler_options=compiler_options())
+        jitted = jax.jit(
+            run, donate_argnums=0, compiler_options=compiler_options(), **_layout(mesh, stacked)
+        )
         flag = jnp.zeros((), bool)
         program.compiled[key] = jitted.lower(state, data, numbers, flag).compile()
     return program.compiled[key]
+
+
+def _layout(mesh: DataMesh | None, stacked: bool) -> dict:
+    """In and out shardings of the multi-step call: everything replicated (the batch is split
+    inside), or, for stacked trials, every input split along the trial axis. Metrics come back
+    replicated, so every process can read them."""
+    if mesh is None:
+        return {}
+    inputs = mesh.split if stacked else mesh.replicated
+    return {
+        "in_shardings": (inputs, inputs, inputs, mesh.replicated),
+        "out_shardings": (inputs, mesh.replicated),
+    }
 
 
 def compile_run(
@@ -305,13 +336,25 @@ def eval_logits(program: Program, state: TrainState, images: jax.Array) -> jax.A
 
 
 def logits(program: Program, state: TrainState, images: np.ndarray) -> np.ndarray:
-    """Evaluation-mode logits for uint8 images, in fixed-size batches (one compiled shape)."""
+    """Evaluation-mode logits for uint8 images, in fixed-size batches (one compiled shape); on a
+    mesh each batch is split over the devices like a training batch."""
+    mesh = program.mesh
     if "eval" not in program.compiled:
-        program.compiled["eval"] = jax.jit(lambda s, x: eval_logits(program, s, x))
+        if mesh is None:
+            program.compiled["eval"] = jax.jit(lambda s, x: eval_logits(program, s, x))
+        else:
+            program.compiled["eval"] = jax.jit(
+                lambda s, x: eval_logits(program, s, mesh.constrain(x)),
+                out_shardings=mesh.replicated,
+            )
     count = len(images)
     batch = min(EVAL_BATCH, max(count, 1))
+    if mesh is not None:  # whole batches per device
+        batch = -(-batch // mesh.size) * mesh.size
     padded = np.concatenate([images, np.zeros((-count % batch, *images.shape[1:]), images.dtype)])
-    device_images = jax.device_put(padded)
+    device_images = placed(mesh, padded)
+    if mesh is not None:  # a stacked trial's slice lies on one device: replicate it
+        state = mesh.put(state, mesh.replicated)
     outputs = [
         program.compiled["eval"](state, device_images[start : start + batch])
         for start in range(0, len(padded), batch)
@@ -326,10 +369,18 @@ def scores(logits: np.ndarray, labels: np.ndarray) -> dict:
     return {"loss": float(loss), "accuracy": float((logits.argmax(-1) == labels).mean())}
 
 
-def to_device(images: np.ndarray, labels: np.ndarray) -> Data:
-    return Data(jax.device_put(images), jax.device_put(labels.astype(np.int32)))
+def placed(mesh: DataMesh | None, tree, split: bool = False):
+    """Values on the device, or replicated over the mesh (`split`: their leading axis divided
+    over it, for stacked trials)."""
+    if mesh is None:
+        return jax.device_put(tree)
+    return mesh.put(tree, mesh.split if split else mesh.replicated)
 
 
-def device_numbers(numbers: Numbers) -> Numbers:
+def to_device(images: np.ndarray, labels: np.ndarray, mesh: DataMesh | None = None) -> Data:
+    return placed(mesh, Data(images, labels.astype(np.int32)))
+
+
+def device_numbers(numbers: Numbers, mesh: DataMesh | None = None) -> Numbers:
     """The numbers as float32 device scalars (or rows, for stacked trials)."""
-    return {key: jnp.asarray(value, jnp.float32) for key, value in numbers.items()}
+    return placed(mesh, {key: np.asarray(value, np.float32) for key, value in numbers.items()})

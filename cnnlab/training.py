@@ -15,9 +15,11 @@ from cnnlab.data.dataset import Dataset, Split, split_validation
 from cnnlab.errors import SpecError, UserError
 from cnnlab.hyper import experiment_numbers
 from cnnlab.loop import Cadence, run
+from cnnlab.mesh import DataMesh, data_mesh
 from cnnlab.models import build_model
 from cnnlab.plots import plot_curves
 from cnnlab.prediction import brightness
+from cnnlab.processes import shared_path, writes
 from cnnlab.record import RunRecord
 from cnnlab.runs import Checkpoints, create_run_dir, read_json, read_metrics, write_json
 from cnnlab.step import (
@@ -51,9 +53,10 @@ def build_program(
     *,
     augment: bool = True,
     steps: int | None = None,
+    mesh: DataMesh | None = None,
 ) -> Program:
-    """The step's program for this experiment and data shape; a shape that does not fit is an
-    error here, at the experiment's file:line."""
+    """The step's program for this experiment and data shape, on one device or `mesh`; a shape
+    that does not fit is an error here, at the experiment's file:line."""
     try:
         model = build_model(experiment.model, image_shape, num_classes)
     except SpecError as error:
@@ -70,6 +73,7 @@ def build_program(
         total_steps=steps or cfg.steps,
         precision=cfg.precision,
         test_time_flip=cfg.test_time_flip,
+        mesh=mesh,
     )
     try:
         program.check()
@@ -113,23 +117,37 @@ class Setup:
         )
         sample = self.train.images[:WHITENING_SAMPLE]
         seed = self.experiment.train.seed
-        numbers = device_numbers(self.numbers)
-        return init_state(program or self.program, seed, norm, numbers, sample)
+        program = program or self.program
+        numbers = device_numbers(self.numbers, program.mesh)
+        return init_state(program, seed, norm, numbers, sample)
 
     def cadence(self) -> Cadence:
         cfg = self.experiment.train
         return Cadence(cfg.steps, cfg.steps_per_call, cfg.log_every_steps, cfg.eval_every_steps)
 
 
-def setup(experiment: Experiment) -> Setup:
-    """Load the data, carve the validation split and build the program."""
+def setup(experiment: Experiment, *, split_batch: bool = True) -> Setup:
+    """Load the data, carve the validation split and build the program: with `split_batch`,
+    on the mesh of `train.devices` (stacked trials choose their own, see cnnlab.parallel)."""
     dataset = load_data(experiment)
     train, val = split_validation(
         dataset.train, experiment.data.val_fraction, experiment.train.seed
     )
     check_batch_size(experiment, len(train))
-    program = build_program(experiment, dataset.image_shape, dataset.num_classes, len(train))
+    cfg = experiment.train
+    mesh = training_mesh(experiment, min(cfg.batch_size, len(train))) if split_batch else None
+    program = build_program(
+        experiment, dataset.image_shape, dataset.num_classes, len(train), mesh=mesh
+    )
     return Setup(experiment, dataset, train, val, program)
+
+
+def training_mesh(experiment: Experiment, batch_size: int) -> DataMesh | None:
+    """The mesh `train.devices` asks for; one that does not fit is an error at its file:line."""
+    try:
+        return data_mesh(experiment.train.devices, batch_size)
+    except SpecError as error:
+        raise experiment.user_error(error) from None
 
 
 @dataclass
@@ -153,14 +171,17 @@ def train(
     """Train `experiment` into a new run folder (or the given empty `run_dir`), or continue the run
     in `resume` from its latest checkpoint. Returns the folder and its summary."""
     built = setup(experiment)
+    mesh = built.program.mesh
     state = built.initial_state()
-    data, numbers = to_device(built.train.images, built.train.labels), device_numbers(built.numbers)
+    data = to_device(built.train.images, built.train.labels, mesh)
+    numbers = device_numbers(built.numbers, mesh)
     cfg = experiment.train
     if resume is None:  # compile before the run folder exists: a failure leaves nothing behind
         compile_seconds = compile_run(
             built.program, state, data, numbers, 0, cfg.steps, cfg.steps_per_call
         )
-        run_dir = start_run_dir(built, runs_root, run_dir)
+        # Process 0 creates the folder (on a filesystem every host shares) and names it to all.
+        run_dir = shared_path(start_run_dir(built, runs_root, run_dir) if writes() else None)
     record = RunRecord(built, built.program, resume or run_dir, progress)
     try:
         if resume is not None:
@@ -184,7 +205,7 @@ def train(
         )
     finally:
         record.close()
-    if read_metrics(record.run_dir):
+    if writes() and read_metrics(record.run_dir):
         plot_curves(record.run_dir)
     return TrainResult(record.run_dir, summary)
 
