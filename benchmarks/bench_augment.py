@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import yaml
+from common import LoadWatch
 from flax import nnx
 
 from cnnlab.augment import build_augment, parse_augment
@@ -143,6 +144,7 @@ def main() -> None:
     fused_compile = time.perf_counter() - start
 
     rows = {"augment": [], "step": [], "fused": [], "ratio": []}
+    load = LoadWatch()
     for round_ in range(args.rounds):
         round_key = jax.random.fold_in(key, round_)
         aug = seconds(lambda k=round_key: jax.block_until_ready(augment_jit(k, x, labels)), 10)
@@ -161,6 +163,8 @@ def main() -> None:
         ):
             rows[name].append(value)
 
+    load.stop()
+    print(load.line())
     print(
         f"backend {jax.default_backend()}, {jax.device_count()} device(s), batch {args.batch} x {SHAPE}"
     )

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import jax
+from common import LoadWatch
 
 from cnnlab.config import load_experiment
 from cnnlab.parallel import train_stacked
@@ -52,6 +53,7 @@ def main() -> None:
     images = args.trials * args.steps * exps[0].train.batch_size
     jax.config.update("jax_compilation_cache_dir", None)  # measure compiling, as a first run does
     together, one_by_one = [], []
+    load = LoadWatch()
     for _ in range(args.rounds):  # alternate the two contenders
         with tempfile.TemporaryDirectory() as folder:
             dirs = [Path(folder) / f"t{i}" for i in range(args.trials)]
@@ -62,7 +64,9 @@ def main() -> None:
                     lambda: [train(e, run_dir=Path(folder) / f"s{i}") for i, e in enumerate(exps)]
                 )
             )
+    load.stop()
     device = jax.devices()[0]
+    print(load.line())
     print(
         f"{args.trials} trials x {args.steps} steps, batch {exps[0].train.batch_size}, digits cnn_small, {device.platform}"
     )

@@ -39,7 +39,14 @@ import optax
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import Spread, alternate, machine, markdown_table, print_table  # noqa: E402
+from common import (  # noqa: E402
+    LoadWatch,
+    Spread,
+    alternate,
+    machine,
+    markdown_table,
+    print_table,
+)
 
 from cnnlab.config import experiment_from_tree  # noqa: E402
 from cnnlab.data.dataset import Split  # noqa: E402
@@ -499,11 +506,14 @@ HEADERS = [
 ]
 
 
-def append_markdown(path: Path, args, rows, facts: dict[str, str]) -> None:
+def append_markdown(path: Path, args, rows, facts: dict[str, str], load: LoadWatch) -> None:
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     mode = "quick" if args.quick else "full"
+    marked = "" if load.quiet else " (LOADED: not a result)"
     lines = [
-        f"## Training speed, {when} ({mode}: {args.rounds} alternating rounds)",
+        f"## Training speed, {when} ({mode}: {args.rounds} alternating rounds){marked}",
+        "",
+        load.line() + ".",
         "",
         f"{facts['cores']} cores, {facts['cpu']}; Python {facts['python']}, jax {facts['jax']}, "
         f"jaxlib {facts['jaxlib']}, flax {facts['flax']}, optax {facts['optax']}, "
@@ -554,20 +564,22 @@ def main(argv=None) -> None:
 
         torch.set_num_threads(os.cpu_count() or 1)
     rows = []
-    for model in args.models:
-        print(f"{model}:", flush=True)
-        results = measure(WORKLOADS[model], args)
-        rows += rows_for(model, results)
-        params = {r.name: r.params for r in results}
-        if len(set(params.values())) > 1:
-            print(f"  parameter counts differ: {params}")
+    with LoadWatch() as load:
+        for model in args.models:
+            print(f"{model}:", flush=True)
+            results = measure(WORKLOADS[model], args)
+            rows += rows_for(model, results)
+            params = {r.name: r.params for r in results}
+            if len(set(params.values())) > 1:
+                print(f"  parameter counts differ: {params}")
     print_table("Training throughput, batch 128", HEADERS, rows)
+    print(load.line())
     print(
         "Medians over alternating rounds; ratios are per-round (paired). The machine may be "
         "shared: compare only contenders of one run."
     )
     if args.append:
-        append_markdown(args.append, args, rows, facts)
+        append_markdown(args.append, args, rows, facts, load)
         print(f"appended to {args.append}")
 
 

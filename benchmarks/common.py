@@ -45,6 +45,51 @@ def alternate(
     return results
 
 
+QUIET_LOAD = 1.0  # one-minute load average above which a 2-core machine is not quiet
+
+
+def load_average() -> float:
+    """The one-minute load average (0 where the system does not tell)."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return 0.0
+
+
+class LoadWatch:
+    """The load average before and after a measurement, and whether it counts: on a loaded
+    machine PyTorch's threads suffer more than XLA's, so a ratio taken under load is not a
+    result (it once made 0.85x read 1.78x)."""
+
+    def __init__(self, limit: float = QUIET_LOAD):
+        """Reads the load as the measurement starts; `stop()` (or leaving a `with`) at its end."""
+        self.limit = limit
+        self.before = self.after = load_average()
+        if self.before > self.limit:
+            print(
+                f"warning: load average {self.before:.2f} > {self.limit}: other work is running; "
+                "this measurement will be marked as not a result",
+                flush=True,
+            )
+
+    def __enter__(self) -> LoadWatch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self.after = load_average()
+
+    @property
+    def quiet(self) -> bool:
+        return max(self.before, self.after) <= self.limit
+
+    def line(self) -> str:
+        verdict = "quiet" if self.quiet else f"LOADED (above {self.limit}): not a result"
+        return f"load average {self.before:.2f} before, {self.after:.2f} after: {verdict}"
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
