@@ -83,11 +83,16 @@ class LoadWatch:
 
     @property
     def quiet(self) -> bool:
-        return max(self.before, self.after) <= self.limit
+        """Nothing else ran when the measurement started. (The load after it counts the
+        benchmark's own threads, about one per core, so it is reported, not judged.)"""
+        return self.before <= self.limit
 
     def line(self) -> str:
         verdict = "quiet" if self.quiet else f"LOADED (above {self.limit}): not a result"
-        return f"load average {self.before:.2f} before, {self.after:.2f} after: {verdict}"
+        return (
+            f"load average {self.before:.2f} before, {self.after:.2f} after (the benchmark's own "
+            f"threads included): {verdict}"
+        )
 
 
 def cpu_model() -> str:
