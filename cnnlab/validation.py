@@ -8,7 +8,7 @@ by pydantic models; `validate` runs one and turns its first problem into a `Spec
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, get_args
+from typing import Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
@@ -23,19 +23,24 @@ def validate(model: type[BaseModel], data: Any, noun: str = "key") -> Any:
     try:
         return model.model_validate(dict(data))
     except ValidationError as error:
-        raise spec_error(error, model, noun) from None
+        raise spec_error(error, model, data, noun) from None
 
 
-def spec_error(error: ValidationError, model: type[BaseModel], noun: str = "key") -> SpecError:
-    """The first problem of `error` (an unknown key first: it usually explains a missing one)."""
+def spec_error(error: ValidationError, model: type[BaseModel], data: Any, noun: str = "key"):
+    """The first problem of `error` in `data` as a SpecError (an unknown key first: it
+    usually explains a missing one)."""
     errors = error.errors()
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc = _keys(first["loc"])
+    loc = _keys(first["loc"], data)
     if first["type"] == "extra_forbidden":
+        inner = model_at(model, loc[:-1])
+        noun = getattr(inner, "noun", noun)  # a model may say what its keys are
         return SpecError(loc, f"unknown {noun}; {suggest(loc[-1], fields_at(model, loc[:-1]))}")
     if first["type"] == "missing":
         return SpecError(loc, f"required {noun} '{loc[-1]}' is missing")
-    union = [e for e in errors if _keys(e["loc"])[:1] == loc[:1] and e["type"] != "value_error"]
+    union = [
+        e for e in errors if _keys(e["loc"], data)[:1] == loc[:1] and e["type"] != "value_error"
+    ]
     if len(union) > 1 and len(loc) == 1:  # a union: say every form it accepts
         wanted = dict.fromkeys(e["msg"].removeprefix("Input should be ") for e in union)
         return SpecError(loc, f"should be {' or '.join(wanted)} (got {first['input']!r})")
@@ -45,31 +50,52 @@ def spec_error(error: ValidationError, model: type[BaseModel], noun: str = "key"
     return SpecError(loc, message[0].lower() + message[1:])
 
 
-_TYPE_NAMES = {"int", "float", "str", "bool", "list", "dict", "tuple", "none", "set"}
-
-
-def _keys(loc) -> tuple:
+def _keys(loc, data: Any) -> tuple:
     """pydantic's error location without the names it gives the members of a union
-    ('constrained-int', 'list[int]', ...): only the keys and indices a user wrote."""
-    return tuple(
-        part
-        for part in loc
-        if isinstance(part, int) or not ("[" in part or "-" in part or part in _TYPE_NAMES)
-    )
+    ('constrained-int', 'list[int]', '[key]'): only the keys and indices found in `data`."""
+    kept, node = [], data
+    for part in loc:
+        if _holds(node, part):
+            node = node[part]
+        elif not isinstance(node, Mapping) or part == "[key]":
+            continue  # a tag of pydantic's, not a place in the data
+        kept.append(part)  # (a missing key is kept: it names what is missing)
+    return tuple(kept)
+
+
+def _holds(node: Any, part: Any) -> bool:
+    if isinstance(node, Mapping):
+        return part in node
+    return isinstance(node, (list, tuple)) and isinstance(part, int) and 0 <= part < len(node)
+
+
+def model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model of the mapping at `loc` inside `model` (through nested models and
+    mappings of them), or None when it is not one."""
+    for part in loc:
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            if part not in model.model_fields:
+                return None
+            model = model.model_fields[part].annotation
+        elif get_origin(model) is dict or isinstance(part, int):
+            model = get_args(model)[-1]  # a mapping's or a list's items
+        else:
+            return None
+        model = _model_in(model) or model
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _model_in(annotation: Any) -> Any:
+    """The model or mapping inside an optional or union annotation."""
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+        if get_origin(candidate) in (dict, list):
+            return candidate
+    return None
 
 
 def fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
     """The keys a mapping at `loc` inside `model` may have (none known: an empty list)."""
-    for part in loc:
-        if isinstance(part, int) or part not in model.model_fields:
-            return []
-        annotation = model.model_fields[part].annotation
-        nested = [
-            t
-            for t in (annotation, *get_args(annotation))
-            if isinstance(t, type) and issubclass(t, BaseModel)
-        ]
-        if not nested:
-            return []
-        model = nested[0]
-    return list(model.model_fields)
+    found = model_at(model, loc)
+    return list(found.model_fields) if found else []

@@ -10,10 +10,20 @@ import re
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    field_validator,
+    model_validator,
+)
 
 from cnnlab.config import (
     EXPERIMENTS_DIR,
@@ -29,6 +39,7 @@ from cnnlab.config import (
     to_plain,
 )
 from cnnlab.errors import SpecError, UserError, suggest
+from cnnlab.validation import validate
 
 # name -> (where it sits in a run's summary.json, whether higher is better)
 METRICS: dict[str, tuple[tuple[str, ...], bool]] = {
@@ -39,8 +50,6 @@ METRICS: dict[str, tuple[tuple[str, ...], bool]] = {
     "final_train_loss": (("final", "train", "loss"), False),
 }
 DEFAULT_METRIC = "best_val_accuracy"
-SWEEP_KEYS = ("base", "name", "metric", "grid", "random", "seeds", "set")
-RANDOM_KEYS = ("trials", "seed", "params")
 DISTRIBUTIONS = ("uniform", "log_uniform", "int_uniform", "choice")
 SEED_KEY = "train.seed"
 MAX_TRIALS = 1000  # above this a sweep needs --max-trials: 10^6 trials is a typo, not a plan
@@ -172,49 +181,144 @@ def load_sweep(name: str | Path, max_trials: int | None = None) -> Sweep:
         raise located_error(tree, error) from None
 
 
-def _build_sweep(path: Path, tree: Tree, max_trials: int) -> Sweep:
-    for key in tree:
-        if key not in SWEEP_KEYS:
-            raise SpecError((key,), f"unknown key; {suggest(str(key), SWEEP_KEYS)}")
-    if "base" not in tree:
-        raise SpecError((), "base: required key is missing (the experiment file to sweep)")
-    base = _base_path(path, tree)
-    name = tree.get("name", path.stem)
-    if not (isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_.-]{1,60}", name)):
-        raise SpecError(("name",), "expected letters, digits, '_', '.', '-' (at most 60)")
-    metric = tree.get("metric", DEFAULT_METRIC)
-    if not isinstance(metric, str) or metric not in METRICS:  # a list is not hashable
-        raise SpecError(("metric",), f"unknown metric {metric!r}; {suggest(str(metric), METRICS)}")
-    if "grid" in tree and not tree["grid"]:
-        raise SpecError(("grid",), "empty; give keys with lists of values, or leave grid out")
-    grid = _keyed_mapping(tree, "grid")
-    fixed = _keyed_mapping(tree, "set")
-    random_section = tree.get("random") or Tree()
-    if not isinstance(random_section, dict):
-        raise SpecError(("random",), "expected a mapping with trials, seed and params")
-    draws, distributions = _parse_random(random_section)
-    _check_no_overlap(grid, distributions, fixed)
-    _check_trial_count(grid, draws, tree.get("seeds"), max_trials)
+# ---------------------------------------------------------------------------------------------
+# The file's schema: pydantic models, errors through cnnlab.validation like experiments'
 
-    grid_values = {key: _grid_values(key, values) for key, values in grid.items()}
-    params = [Param(key, "grid", _spans_decades(vs)) for key, vs in grid_values.items()]
+
+def _dotted_key(key: str) -> str:
+    if not _KEY.match(key):
+        raise ValueError("expected a dotted key such as optimizer.lr")
+    if key == SEED_KEY:
+        raise ValueError("set the seeds with the top-level `seeds:` list")
+    return key
+
+
+DottedKey = Annotated[str, AfterValidator(_dotted_key)]
+
+
+def _values(values: Any) -> list:
+    """A non-empty list; numbers written as 1e-4 (text to YAML) read as numbers."""
+    if not isinstance(values, list) or not values:
+        raise ValueError("expected a non-empty list of values, e.g. [0.001, 0.01]")
+    return [as_number(to_plain(value)) for value in values]
+
+
+def _pair(values: Any) -> tuple[float, float]:
+    if not isinstance(values, list) or len(values) != 2:
+        raise ValueError("expected two numbers, low and high, e.g. [0.8, 0.95]")
+    numbers = [as_number(value) for value in values]
+    if any(isinstance(n, bool) or not isinstance(n, (int, float)) for n in numbers):
+        raise ValueError(f"expected two numbers, low and high, got {values!r}")
+    low, high = (float(n) for n in numbers)
+    if not low < high:
+        raise ValueError(f"low must be below high, got [{values[0]}, {values[1]}]")
+    return low, high
+
+
+def _metric(name: str) -> str:
+    if name not in METRICS:
+        raise ValueError(f"unknown metric {name!r}; {suggest(name, METRICS)}")
+    return name
+
+
+Values = Annotated[list, BeforeValidator(_values)]
+Pair = Annotated[tuple[float, float], BeforeValidator(_pair)]
+Whole = Annotated[int, Strict()]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Distribution(_Section):
+    """One of: {uniform: [low, high]}, {log_uniform: ...}, {int_uniform: ...}, {choice: [...]}."""
+
+    noun: ClassVar[str] = "distribution"
+    uniform: Pair | None = None
+    log_uniform: Pair | None = None
+    int_uniform: Pair | None = None
+    choice: Values | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        given = [name for name in DISTRIBUTIONS if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("expected one distribution, e.g. {log_uniform: [1.0e-4, 1.0e-2]}")
+        if self.log_uniform and self.log_uniform[0] <= 0:
+            raise ValueError("log_uniform needs low > 0")
+        if self.int_uniform and not all(v.is_integer() for v in self.int_uniform):
+            raise ValueError("int_uniform needs whole numbers")
+        return self
+
+    @property
+    def kind(self) -> tuple[str, Any]:
+        name = next(name for name in DISTRIBUTIONS if getattr(self, name) is not None)
+        return name, getattr(self, name)
+
+
+class RandomSection(_Section):
+    trials: Whole | None = Field(None, ge=1)  # settings drawn
+    seed: Whole = Field(0, ge=0)  # the same seed draws the same settings
+    params: dict[DottedKey, Distribution] = {}
+
+    @model_validator(mode="after")
+    def _trials_and_params(self):
+        if self.params and self.trials is None:
+            raise ValueError("trials: required key is missing (how many draws)")
+        if self.trials and not self.params:
+            raise ValueError("params: required key is missing (keys to draw)")
+        return self
+
+
+class SweepFile(_Section):
+    """The keys of a sweep file (see the module's docstring)."""
+
+    base: str  # the experiment file, relative to the sweep file
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,60}$")
+    metric: Annotated[str, AfterValidator(_metric)] = DEFAULT_METRIC
+    grid: dict[DottedKey, Values] | None = None
+    random: RandomSection = RandomSection()
+    seeds: list[Annotated[Whole, Field(ge=0)]] | None = Field(None, min_length=1)
+    set: dict[DottedKey, Any] = {}
+
+    @field_validator("grid")
+    @classmethod
+    def _not_empty(cls, grid):
+        if grid is not None and not grid:
+            raise ValueError("empty; give keys with lists of values, or leave grid out")
+        return grid
+
+
+# ---------------------------------------------------------------------------------------------
+# From the validated file to trials
+
+
+def _build_sweep(path: Path, tree: Tree, max_trials: int) -> Sweep:
+    _check_trial_count(tree, max_trials)  # before anything is expanded, even validated
+    spec = validate(SweepFile, tree)
+    base = _base_path(path, spec.base)
+    grid = spec.grid or {}
+    distributions = {key: dist.kind for key, dist in spec.random.params.items()}
+    _check_no_overlap(grid, distributions, spec.set)
+    _check_duplicates(grid, spec.seeds)
+    params = [Param(key, "grid", _spans_decades(vs)) for key, vs in grid.items()]
     params += [Param(key, kind, kind == "log_uniform") for key, (kind, _) in distributions.items()]
-    settings = _expand(grid_values, distributions, draws, random_section)
+    settings = _expand(grid, distributions, spec.random.trials or 0, spec.random.seed)
 
     base_experiment = _load_base(base, tree)
-    seeds = _parse_seeds(tree.get("seeds"), base_experiment.train.seed)
+    seeds = tuple(spec.seeds) if spec.seeds else (base_experiment.train.seed,)
     where = _Where(tree)
     trials = []
     for setting, seed in product(settings, seeds):
-        experiment = _trial_experiment(base_experiment.tree, setting, seed, fixed, where)
+        experiment = _trial_experiment(base_experiment.tree, setting, seed, spec.set, where)
         trials.append(Trial(f"{setting.id}_seed{seed}", len(trials) + 1, setting, seed, experiment))
     return Sweep(
-        name=name,
+        name=spec.name or path.stem,
         path=path,
         base=base,
-        metric=metric,
+        metric=spec.metric,
         params=tuple(params),
-        fixed={key: to_plain(value) for key, value in fixed.items()},
+        fixed={key: to_plain(value) for key, value in spec.set.items()},
         settings=tuple(settings),
         seeds=seeds,
         trials=tuple(trials),
@@ -222,15 +326,14 @@ def _build_sweep(path: Path, tree: Tree, max_trials: int) -> Sweep:
     )
 
 
-def _check_trial_count(grid: dict, draws: int, seeds: Any, max_trials: int) -> None:
+def _check_trial_count(tree: Tree, max_trials: int) -> None:
     """Count the trials from the lengths of the lists, before any list is read or expanded."""
-    count = max(draws, 1) * (len(seeds) if isinstance(seeds, list) and seeds else 1)
-    for key, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise SpecError(
-                ("grid", key), "expected a non-empty list of values, e.g. [0.001, 0.01]"
-            )
-        count *= len(values)
+    grid, section, seeds = tree.get("grid"), tree.get("random"), tree.get("seeds")
+    draws = section.get("trials") if isinstance(section, dict) else None
+    count = draws if isinstance(draws, int) and not isinstance(draws, bool) and draws > 1 else 1
+    count *= len(seeds) if isinstance(seeds, list) and seeds else 1
+    for values in (grid or {}).values() if isinstance(grid, dict) else ():
+        count *= len(values) if isinstance(values, list) and values else 1
     if count > max_trials:
         raise SpecError(
             (),
@@ -239,10 +342,7 @@ def _check_trial_count(grid: dict, draws: int, seeds: Any, max_trials: int) -> N
         )
 
 
-def _base_path(path: Path, tree: Tree) -> Path:
-    base = tree["base"]
-    if not isinstance(base, str):
-        raise SpecError(("base",), "expected the path of an experiment file")
+def _base_path(path: Path, base: str) -> Path:
     base_path = (path.parent / base).expanduser().resolve()
     if not base_path.is_file():
         raise SpecError(("base",), f"file not found: {base_path}")
@@ -256,18 +356,6 @@ def _load_base(base: Path, tree: Tree) -> Experiment:
         raise UserError(f"{tree.where['base']}: base: {error}") from None
 
 
-def _keyed_mapping(tree: Tree, section: str) -> Tree:
-    mapping = tree.get(section) or Tree()
-    if not isinstance(mapping, dict):
-        raise SpecError((section,), "expected a mapping of dotted keys, e.g. optimizer.lr")
-    for key in mapping:
-        if not (isinstance(key, str) and _KEY.match(key)):
-            raise SpecError((section, key), "expected a dotted key such as optimizer.lr")
-        if key == SEED_KEY:
-            raise SpecError((section, key), "set the seeds with the top-level `seeds:` list")
-    return mapping
-
-
 def _check_no_overlap(grid: dict, distributions: dict, fixed: dict) -> None:
     for key in distributions:
         if key in grid:
@@ -277,6 +365,16 @@ def _check_no_overlap(grid: dict, distributions: dict, fixed: dict) -> None:
             raise SpecError(("set", key), "already swept in grid or random")
 
 
+def _check_duplicates(grid: dict[str, list], seeds: list[int] | None) -> None:
+    for key, values in grid.items():
+        for index, value in enumerate(values):
+            if value in values[:index]:
+                raise SpecError(("grid", key, index), f"duplicate value {value!r}")
+    for index, seed in enumerate(seeds or []):
+        if seed in seeds[:index]:
+            raise SpecError(("seeds", index), f"duplicate seed {seed}")
+
+
 def as_number(value: Any) -> Any:
     """1e-4 (text to YAML) becomes 1e-4 the number; anything else is returned as it is."""
     if isinstance(value, str) and _BARE_EXPONENT.match(value):
@@ -284,74 +382,9 @@ def as_number(value: Any) -> Any:
     return value
 
 
-def _number(value: Any, loc: tuple) -> float:
-    value = as_number(value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(loc, f"expected a number, got {value!r}")
-    return float(value)
-
-
-def _grid_values(key: str, values: Any) -> list:
-    if not isinstance(values, list) or not values:
-        raise SpecError(("grid", key), "expected a non-empty list of values, e.g. [0.001, 0.01]")
-    plain = [as_number(to_plain(value)) for value in values]
-    for index, value in enumerate(plain):
-        if value in plain[:index]:
-            raise SpecError(("grid", key, index), f"duplicate value {value!r}")
-    return plain
-
-
 def _spans_decades(values: list) -> bool:
     numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return len(numbers) == len(values) and min(numbers) > 0 and max(numbers) / min(numbers) >= 10
-
-
-def _parse_random(section: dict) -> tuple[int, dict[str, tuple[str, Any]]]:
-    for key in section:
-        if key not in RANDOM_KEYS:
-            raise SpecError(("random", key), f"unknown key; {suggest(str(key), RANDOM_KEYS)}")
-    params = section.get("params") or {}
-    if not isinstance(params, dict):
-        raise SpecError(("random", "params"), "expected a mapping of dotted keys to distributions")
-    trials = section.get("trials", 0 if not params else None)
-    if params and trials is None:
-        raise SpecError(("random",), "trials: required key is missing (how many draws)")
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < (1 if params else 0):
-        raise SpecError(("random", "trials"), f"expected a whole number >= 1, got {trials!r}")
-    if trials and not params:
-        raise SpecError(("random",), "params: required key is missing (keys to draw)")
-    seed = section.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise SpecError(("random", "seed"), f"expected a whole number >= 0, got {seed!r}")
-    try:
-        _keyed_mapping(section, "params")
-    except SpecError as error:
-        raise error.within("random") from None
-    return trials, {key: _distribution(key, spec) for key, spec in params.items()}
-
-
-def _distribution(key: str, spec: Any) -> tuple[str, Any]:
-    loc = ("random", "params", key)
-    if not (isinstance(spec, dict) and len(spec) == 1):
-        raise SpecError(loc, "expected one distribution, e.g. {log_uniform: [1.0e-4, 1.0e-2]}")
-    kind, args = next(iter(spec.items()))
-    if kind not in DISTRIBUTIONS:
-        raise SpecError(loc + (kind,), f"unknown distribution; {suggest(str(kind), DISTRIBUTIONS)}")
-    loc += (kind,)
-    if kind == "choice":
-        if not isinstance(args, list) or not args:
-            raise SpecError(loc, "expected a non-empty list of values")
-        return kind, [as_number(to_plain(value)) for value in args]
-    if not isinstance(args, list) or len(args) != 2:
-        raise SpecError(loc, "expected two numbers, low and high, e.g. [0.8, 0.95]")
-    low, high = (_number(value, loc + (i,)) for i, value in enumerate(args))
-    if not low < high:
-        raise SpecError(loc, f"low must be below high, got [{args[0]}, {args[1]}]")
-    if kind == "log_uniform" and low <= 0:
-        raise SpecError(loc, "log_uniform needs low > 0")
-    if kind == "int_uniform" and not (low.is_integer() and high.is_integer()):
-        raise SpecError(loc, "int_uniform needs whole numbers")
-    return kind, (low, high)
 
 
 def draw(kind: str, args: Any, rng: np.random.Generator) -> Any:
@@ -368,9 +401,8 @@ def draw(kind: str, args: Any, rng: np.random.Generator) -> Any:
     return min(max(float(f"{value:.{DRAW_DIGITS}g}"), low), high)
 
 
-def _expand(grid: dict[str, list], distributions: dict, draws: int, section: dict) -> list:
+def _expand(grid: dict[str, list], distributions: dict, draws: int, seed: int) -> list:
     """Every grid combination crossed with every random draw; duplicates are dropped."""
-    seed = section.get("seed", 0)
     drawn = []
     for index in range(draws):
         # One generator per draw: raising `trials` keeps the settings drawn before.
@@ -391,19 +423,6 @@ def make_setting(values: dict[str, Any]) -> Setting:
     slug = "_".join(f"{key.rsplit('.', 1)[-1]}={format_value(v)}" for key, v in values.items())
     slug = re.sub(r"[^A-Za-z0-9.=+-]+", "-", slug)[:60] or "base"
     return Setting(f"{slug}_{digest(values, 6)}", values)
-
-
-def _parse_seeds(seeds: Any, default: int) -> tuple[int, ...]:
-    if seeds is None:
-        return (default,)
-    if not isinstance(seeds, list) or not seeds:
-        raise SpecError(("seeds",), "expected a non-empty list of whole numbers, e.g. [0, 1, 2]")
-    for index, seed in enumerate(seeds):
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise SpecError(("seeds", index), f"expected a whole number >= 0, got {seed!r}")
-        if seed in seeds[:index]:
-            raise SpecError(("seeds", index), f"duplicate seed {seed}")
-    return tuple(seeds)
 
 
 class _Where:
