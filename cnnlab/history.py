@@ -76,7 +76,7 @@ def started_at(run_dir: Path) -> datetime | None:
         return None
 
 
-def describe_model(model: Any) -> str:
+def model_label(model: Any) -> str:
     """`cnn/tiny`, `7 layers`, `net.py:Net`: the model of a config in a few characters."""
     if not isinstance(model, dict):
         return str(model) if model else MISSING
@@ -128,7 +128,7 @@ def _damaged_info(run_dir: Path, error: DamagedFile) -> RunInfo:
         started=started_at(run_dir),
         status=f"damaged: {error.path.name} {error.reason}",
         dataset=str(_mapping(config.get("data")).get("source") or MISSING),
-        model=describe_model(config.get("model")),
+        model=model_label(config.get("model")),
         steps=None,
         wall_seconds=None,
         best_val_accuracy=None,
@@ -150,7 +150,7 @@ def _run_info(run_dir: Path) -> RunInfo:
         started=started_at(run_dir),
         status=str(status) if status else unfinished_status(run_dir, metrics),
         dataset=str(_mapping(summary.get("dataset")).get("name") or data.get("source") or MISSING),
-        model=describe_model(config.get("model")),
+        model=model_label(config.get("model")),
         steps=_number(summary.get("steps", last.get("step"))),
         wall_seconds=_number(summary.get("wall_seconds", last.get("wall_time"))),
         best_val_accuracy=best_val_accuracy(summary, metrics),
@@ -334,7 +334,7 @@ def evaluations(run_dir: Path) -> list[dict]:
     return [evaluation for evaluation in found if evaluation]
 
 
-def evaluations_table(found: Sequence[dict]) -> Table:
+def saved_evaluations_table(found: Sequence[dict]) -> Table:
     table = Table(title="evaluations")
     for column in ("split", "checkpoint", "step", "examples", "top-1", "top-5", "loss"):
         table.add_column(column, justify="left" if column in ("split", "checkpoint") else "right")
@@ -384,7 +384,7 @@ def show_run(run_dir: Path) -> Group:
         )
     found = evaluations(run_dir)
     if found:
-        parts.append(_guarded_table(evaluations_table, found, "eval_*.json"))
+        parts.append(_guarded_table(saved_evaluations_table, found, "eval_*.json"))
     else:
         parts.append(Text(f"not evaluated yet: cnnlab eval {run_dir}", style="dim"))
     pictures = sorted(run_dir.glob("*.png"))

@@ -102,3 +102,24 @@ def test_python_optimizer_bad_arguments():
         parse_optimizer_spec({"python": target, "lr": 0.01, "args": {"beta1": 0.9}})
     with pytest.raises(SpecError, match="not both"):
         parse_optimizer_spec({"python": target, "name": "adam", "lr": 0.01})
+
+
+def test_overfit_trains_with_a_learners_layers_and_optimizer(tmp_path, cli):
+    """The learner's conv, dense and Adam memorise 4 digits through `cnnlab overfit`, with the
+    learning rate a number the compiled step takes as data."""
+    (tmp_path / "my_layers.py").write_text(LAYERS_PY)
+    experiment = tmp_path / "mine.yaml"
+    experiment.write_text(
+        "name: mine\n"
+        "data: {source: digits}\n"
+        "model:\n"
+        "  layers:\n"
+        "    - {python: my_layers.py:MyConv, args: {features: 8}}\n"
+        "    - relu\n"
+        "    - flatten\n"
+        "    - {python: my_layers.py:MyDense, args: {features: 10}}\n"
+        f"optimizer: {{python: {FIXTURES / 'optimizers.py'}:adam, lr: 1.0e-2}}\n"
+        "train: {steps: 200, batch_size: 4, log_every_steps: 10, eval_every_steps: 100}\n"
+    )
+    result = cli("overfit", experiment, "--samples", "4", "--max-steps", "300")
+    assert "PASS" in result.stdout

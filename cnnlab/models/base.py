@@ -26,8 +26,6 @@ class Model:
     apply: Callable[..., tuple[jax.Array, State]]
     # Said once to the user, e.g. "final softmax dropped".
     notes: tuple[str, ...] = field(default=())
-    # NNX models: builds the module (for inspect).
-    module: Callable[[jax.Array], nnx.Module] | None = None
     # `activations(params, state, x) -> [array, ...]`: the outputs of the ReLU layers in evaluation
     # mode, for the dead-unit diagnostic; None where the model cannot tell.
     activations: Callable[..., list[jax.Array]] | None = None
@@ -74,4 +72,4 @@ def from_nnx(
         _, _, state = nnx.split(net, nnx.Param, ...)
         return logits, state
 
-    return Model(init, apply, notes, module=lambda key: make(nnx.Rngs(key)))
+    return Model(init, apply, notes)
