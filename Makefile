@@ -19,7 +19,7 @@ demo: install
 	$(CNNLAB) eval latest
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile  # one worker per core; a file stays on one worker
 
 lint: install
 	$(VENV)/bin/ruff check cnnlab tests benchmarks

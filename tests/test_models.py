@@ -246,7 +246,11 @@ def test_a_final_softmax_is_dropped_with_one_note():
 
 def layer_net(raw: dict, input_shape=(8, 8, 3)):
     """The NNX module of a layer-list model, for looking at single layers."""
-    return build(raw, input_shape).module(KEY)
+    from flax import nnx
+
+    from cnnlab.models.build import network
+
+    return network(parse_model_spec(raw), input_shape, 10, nnx.Rngs(KEY))[0]
 
 
 def test_dirac_conv_is_the_identity():
