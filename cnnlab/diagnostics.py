@@ -61,10 +61,18 @@ def dead_fraction(activations: jax.Array) -> jax.Array:
 
 
 def first_nonfinite(stats: dict) -> str | None:
-    for name, values in stats.items():
-        if "finite" in values and not bool(values["finite"]):
+    """The first layer, in forward order, whose gradient holds a NaN or an infinity, or is so
+    large that its norm overflows (each element finite, their squares not)."""
+    for name in sorted((n for n in stats if "finite" in stats[n]), key=_forward_order):
+        values = stats[name]
+        if not bool(values["finite"]) or not math.isfinite(float(values["grad_norm"])):
             return name
     return None
+
+
+def _forward_order(name: str) -> tuple:
+    """'10.2' after '9': layer names compared as numbers where they are numbers."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in name.split("."))
 
 
 class GradientWatch:
