@@ -121,6 +121,8 @@ class RunRecord:
         checkpoint, and stop."""
         layer = first_nonfinite(layers) if layers else None
         self.divergence = Divergence(step, layer)
+        if layers is not None:  # the failing step's own statistics: where it blew up
+            self.metrics.write_diagnostics(step, layers)
         where = f"; first non-finite gradient in layer {layer}" if layer else ""
         kept = self.checkpoints.step("latest")
         kept = (
@@ -174,6 +176,8 @@ class RunRecord:
     # -- the end -----------------------------------------------------------------------------
 
     def summarise(self, step: int, status: str, seconds: float, compile_seconds: float) -> dict:
+        if self.divergence is not None:  # the state stayed at the step that failed
+            step = self.divergence.step
         device = jax.devices()[0]
         summary = {
             "name": self.experiment.name,

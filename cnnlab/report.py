@@ -184,10 +184,13 @@ def sparkline(values: list[float], width: int = 12) -> str:
         return ""
     count = min(width, len(values))
     picks = [values[round(i * (len(values) - 1) / max(count - 1, 1))] for i in range(count)]
-    logs = [math.log10(max(v, 1e-30)) for v in picks]
-    low, high = min(logs), max(logs)
+    logs = [math.log10(max(v, 1e-30)) if math.isfinite(v) else None for v in picks]
+    finite = [x for x in logs if x is not None] or [0.0]
+    low, high = min(finite), max(finite)
     span = (high - low) or 1.0
-    return "".join(_BARS[round((x - low) / span * (len(_BARS) - 1))] for x in logs)
+    return "".join(  # an overflowed value is drawn as "!"
+        "!" if x is None else _BARS[round((x - low) / span * (len(_BARS) - 1))] for x in logs
+    )
 
 
 # Healthy per-step update/parameter ratio: about 1e-3; outside these bounds a layer barely

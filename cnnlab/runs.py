@@ -10,6 +10,7 @@ import contextlib
 import csv
 import errno
 import json
+import math
 import os
 import shutil
 import time
@@ -74,6 +75,12 @@ def find_run(reference: str, root: Path | None = None) -> Path:
     return matches[-1]
 
 
+def _finite_or_none(value) -> float | None:
+    """JSON has no infinity or NaN: a value that overflowed is written as null."""
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
 class MetricsWriter:
     """Appends rows to metrics.jsonl, metrics.csv and TensorBoard event files, and per-layer
     statistics to diagnostics.jsonl; flushed per row so a crash loses nothing written."""
@@ -113,10 +120,13 @@ class MetricsWriter:
             if layer == "_model":
                 continue
             row = {"step": step, "layer": layer}
-            row.update({key: float(value) for key, value in values.items() if key != "finite"})
+            row.update(
+                {key: _finite_or_none(value) for key, value in values.items() if key != "finite"}
+            )
             self.diagnostics.write(json.dumps(row) + "\n")
-            self.events.add_scalar(f"grad_norm/{layer}", row["grad_norm"], step)
-            self.events.add_scalar(f"update_ratio/{layer}", row["update_ratio"], step)
+            for key in ("grad_norm", "update_ratio"):
+                if row.get(key) is not None:
+                    self.events.add_scalar(f"{key}/{layer}", row[key], step)
         if "dead_relu" in model:
             dead = float(model["dead_relu"])
             self.diagnostics.write(
@@ -181,7 +191,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def read_diagnostics(run_dir: Path) -> list[dict]:
-    """diagnostics.jsonl's rows, each checked to name its step and layer and hold numbers."""
+    """diagnostics.jsonl's rows, each checked to name its step and layer and hold numbers
+    (null where a value overflowed: a diverging step's statistics)."""
     path = run_dir / "diagnostics.jsonl"
     rows = read_jsonl(path)
     for number, row in enumerate(rows, 1):
@@ -189,10 +200,16 @@ def read_diagnostics(run_dir: Path) -> list[dict]:
             key
             for key, value in row.items()
             if (key == "layer" and not isinstance(value, str))
-            or (key != "layer" and (isinstance(value, bool) or not isinstance(value, _NUMBER)))
+            or (key == "step" and not isinstance(value, int))
+            or (
+                key not in ("layer", "step")
+                and value is not None
+                and (isinstance(value, bool) or not isinstance(value, _NUMBER))
+            )
         ]
         if wrong or "step" not in row or "layer" not in row:
             raise DamagedFile(path, f"row {number} is not a step's statistics of a layer")
+        row.update({key: math.inf for key, value in row.items() if value is None})
     return rows
 
 

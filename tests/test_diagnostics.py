@@ -140,3 +140,18 @@ def test_lr_find_suggests_a_rate_and_draws_the_curve(tiny_experiment, tmp_path, 
     assert 1e-6 < suggested < 10
     with Image.open(out) as picture:
         assert picture.size[0] > 300
+
+
+def test_a_momentum_divergence_names_its_step_once_and_its_layer(tmp_path, cli, isolated_runs):
+    """SGD with momentum at lr 50: the gradient norm overflows before any value is NaN; the
+    run still names the failing step and layer, records that step's statistics, and shows them."""
+    result = cli(
+        "train", "digits", "--set", "optimizer=sgd_momentum", "--set", "optimizer.lr=50",
+        "--set", "train.steps=100", expect=1,
+    )  # fmt: skip
+    assert "non-finite at step 2; first non-finite gradient in layer 3" in result.stderr
+    run = next(isolated_runs.iterdir())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["status"] == "diverged"
+    shown = cli("diagnostics", run).stdout
+    assert "3 conv 3x3, 64" in shown and "inf !" in shown
