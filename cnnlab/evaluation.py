@@ -34,7 +34,7 @@ def split_images(restored: Restored, split: str) -> Split:
     """The run's `test` split, or the `val` split carved again from the training data with the
     run's seed; a data source that is gone is a one-line error naming it."""
     experiment = restored.experiment
-    dataset = load_data(experiment)
+    dataset = load_data(experiment, splits=("test",) if split == "test" else ("train",))
     if split == "test":
         return dataset.test
     _, val = split_validation(dataset.train, experiment.data.val_fraction, experiment.train.seed)

@@ -36,11 +36,11 @@ from cnnlab.step import (
 WHITENING_SAMPLE = 5000  # training images that parameters computed from data (whitening) see
 
 
-def load_data(experiment: Experiment) -> Dataset:
+def load_data(experiment: Experiment, splits: tuple[str, ...] = ("train", "test")) -> Dataset:
+    """The experiment's data (of a cached dataset, only `splits` are read)."""
+    data = experiment.data
     try:
-        return load_dataset(
-            experiment.data.source, path=experiment.data.path, data_dir=experiment.data.data_dir
-        )
+        return load_dataset(data.source, path=data.path, data_dir=data.data_dir, splits=splits)
     except SpecError as error:
         raise experiment.user_error(error.within("data")) from None
 

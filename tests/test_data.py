@@ -506,6 +506,16 @@ def test_folder_cache_hit_and_invalidation(tmp_path, monkeypatch):
     np.testing.assert_array_equal(third.test.images[0], white)
 
 
+def test_a_cached_dataset_reads_only_the_splits_asked_for(tmp_path):
+    make_folder(tmp_path / "pets")
+    full = load_dataset("folder", path=str(tmp_path / "pets"))  # decodes and caches both
+    test_only = load_dataset("folder", path=str(tmp_path / "pets"), splits=("test",))
+    np.testing.assert_array_equal(test_only.test.images, full.test.images)
+    np.testing.assert_array_equal(test_only.test.labels, full.test.labels)
+    assert len(test_only.train) == 0 and test_only.train.images.shape[1:] == full.image_shape
+    assert test_only.class_names == full.class_names
+
+
 def test_unreachable_mirror_fails_at_once(tmp_path):
     start = time.perf_counter()
     with pytest.raises(UserError, match="cannot reach 127.0.0.1:1 .*--from DIR"):

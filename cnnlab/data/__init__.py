@@ -28,17 +28,17 @@ _sources: Registry[Callable[..., Dataset]] = Registry("data source")
 
 
 @_sources.register("digits")
-def _digits(path, data_dir) -> Dataset:
+def _digits(path, data_dir, splits) -> Dataset:
     from cnnlab.data.digits import load_digits
 
-    return load_digits()
+    return load_digits()  # bundled and tiny: both splits, always
 
 
 def _tfds_loader(name: str) -> Callable[..., Dataset]:
-    def load(path, data_dir) -> Dataset:
+    def load(path, data_dir, splits) -> Dataset:
         from cnnlab.data.tfds_source import load_tfds
 
-        return load_tfds(name, data_dir)
+        return load_tfds(name, data_dir, splits)
 
     return load
 
@@ -48,29 +48,36 @@ for _name in TFDS_NAMES:
 
 
 @_sources.register("folder")
-def _folder(path, data_dir) -> Dataset:
+def _folder(path, data_dir, splits) -> Dataset:
     from cnnlab.data.folder import load_folder
 
     if path is None:
         raise SpecError(
             ("path",), "the folder source needs a path: a folder or a .tar/.tar.gz/.tgz of one"
         )
-    return load_folder(path)
+    return load_folder(path, splits)
 
 
 SOURCES: tuple[str, ...] = ("digits", *TFDS_NAMES, "folder")
 
 
-def load_dataset(source: str, *, path: str | None = None, data_dir: str | None = None) -> Dataset:
+def load_dataset(
+    source: str,
+    *,
+    path: str | None = None,
+    data_dir: str | None = None,
+    splits: tuple[str, ...] = ("train", "test"),
+) -> Dataset:
     """Load a dataset by source name.
 
     `path` is for the folder source (a folder or a tarball of train/<class>/ and test/<class>/
     images); `data_dir` is the TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets).
+    Of a cached dataset only `splits` are read; the others come back empty.
     """
     loader = _sources.get(source, ("source",))
     if path is not None and source != "folder":
         raise SpecError(("path",), f"only the folder source takes a path, not '{source}'")
-    return loader(path, data_dir)
+    return loader(path, data_dir, tuple(splits))
 
 
 def prepare(

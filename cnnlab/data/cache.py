@@ -11,6 +11,8 @@ import numpy as np
 
 from cnnlab.data.dataset import Dataset, Split
 
+SPLITS = ("train", "test")
+
 
 def folder_cache_dir() -> Path:
     """$CNNLAB_CACHE_DIR, else ~/.cache/cnnlab: where decoded image folders are kept."""
@@ -28,18 +30,19 @@ def cache_file(cache_dir: Path, identity: str, name: str, fingerprint: str) -> P
     return Path(cache_dir) / f"{name}-{_digest(identity, 10)}-{_digest(fingerprint, 16)}.npz"
 
 
-def load(path: Path) -> Dataset | None:
-    """The cached dataset at `path`, or None when it is absent or unreadable."""
+def load(path: Path, splits: tuple[str, ...] = SPLITS) -> Dataset | None:
+    """The cached dataset at `path`, or None when it is absent or unreadable. Only the `splits`
+    asked for are read from the file (each is a separate array in it); the others come back
+    empty, shaped like the images of one read."""
     try:
         with np.load(path, allow_pickle=False) as arrays:
-            return Dataset(
-                name=str(arrays["name"]),
-                class_names=tuple(str(n) for n in arrays["class_names"]),
-                train=Split(arrays["train_images"], arrays["train_labels"]),
-                test=Split(arrays["test_images"], arrays["test_labels"]),
-            )
+            read = {s: Split(arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in splits}
+            name, classes = str(arrays["name"]), tuple(str(n) for n in arrays["class_names"])
     except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return None
+    shown = next(iter(read.values()))
+    empty = shown.take(np.arange(0))
+    return Dataset(name, classes, read.get("train", empty), read.get("test", empty))
 
 
 def store(path: Path, dataset: Dataset) -> None:

@@ -33,12 +33,13 @@ def folder_name(path: Path) -> str:
     return name
 
 
-def load_folder(path: str) -> Dataset:
+def load_folder(path: str, splits: tuple[str, ...] = cache.SPLITS) -> Dataset:
     """An image folder or a tarball of one (optionally wrapped in one top folder) as arrays.
 
     Images become one channel mode (greyscale when every image is, else RGB) and must share one
     size. Classes are the sorted names of the train/ subfolders. Decoded arrays are cached in
-    $CNNLAB_CACHE_DIR (default ~/.cache/cnnlab), keyed by path, size and modification time.
+    $CNNLAB_CACHE_DIR (default ~/.cache/cnnlab), keyed by path, size and modification time;
+    from the cache only `splits` are read (decoding reads both, to write the cache).
     """
     source = Path(path).expanduser()
     if not source.exists():
@@ -51,7 +52,7 @@ def load_folder(path: str) -> Dataset:
     cache_path = cache.cache_file(
         cache.folder_cache_dir(), str(source.resolve()), name, _fingerprint(source)
     )
-    cached = cache.load(cache_path)
+    cached = cache.load(cache_path, splits)
     if cached is not None:
         return cached
     dataset = decode_images(

@@ -313,14 +313,15 @@ def _fingerprint(builder) -> str:
     return "\n".join(stamps)
 
 
-def load_tfds(name: str, data_dir: str | None = None) -> Dataset:
-    """A prepared TFDS dataset as arrays, from the cache under the data dir when it is current."""
+def load_tfds(name: str, data_dir: str | None = None, splits=cache.SPLITS) -> Dataset:
+    """A prepared TFDS dataset as arrays, from the cache under the data dir when it is current
+    (only `splits` are read from it; decoding reads both, to write the cache)."""
     root = Path(data_dir).expanduser() if data_dir else default_data_dir()
     builder = _prepared_builder(name, root)
     if _under_mock_data():
         return read_dataset(name, root)
     path = cache.cache_file(root / CACHE_FOLDER, str(builder.data_dir), name, _fingerprint(builder))
-    cached = cache.load(path)
+    cached = cache.load(path, splits)
     if cached is not None:
         return cached
     dataset = read_dataset(name, root)
