@@ -10,6 +10,7 @@ in its schema with `Field(..., json_schema_extra=STATIC)`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
@@ -18,6 +19,9 @@ from typing import Any
 from pydantic import BaseModel
 
 STATIC = {"static": True}  # json_schema_extra of a float field that shapes the program
+# json_schema_extra of a model's float that its layers hold in the model state (a dropout rate,
+# a noise strength): each trial's initial state carries its own value.
+IN_STATE = {"in_state": True}
 
 Numbers = dict[str, Any]  # dotted key -> float (or a traced scalar inside the step)
 
@@ -26,9 +30,13 @@ def _is_float(value: Any) -> bool:
     return isinstance(value, float) and not isinstance(value, bool)
 
 
-def _static(model: BaseModel, name: str) -> bool:
+def _marked(model: BaseModel, name: str, mark: str) -> bool:
     extra = type(model).model_fields[name].json_schema_extra
-    return isinstance(extra, dict) and bool(extra.get("static"))
+    return isinstance(extra, dict) and bool(extra.get(mark))
+
+
+def _static(model: BaseModel, name: str) -> bool:
+    return _marked(model, name, "static")
 
 
 def _children(value: Any):
@@ -40,6 +48,10 @@ def _children(value: Any):
     if isinstance(value, (list, tuple)):
         return list(enumerate(value))
     return []
+
+
+def _is_dataclass(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
 
 
 def _key(prefix: str, part: Any) -> str:
@@ -87,9 +99,14 @@ def _without_numbers(spec: Any, prefix: str, numbers: Numbers) -> Any:
     """A JSON-able picture of `spec` with its numbers blanked (for comparing structure)."""
     if prefix in numbers:
         return "<number>"
-    if isinstance(spec, BaseModel):
+    if isinstance(spec, BaseModel) or _is_dataclass(spec):
+        names = (
+            type(spec).model_fields
+            if isinstance(spec, BaseModel)
+            else [item.name for item in dataclasses.fields(spec)]
+        )
         picture = {"<kind>": type(spec).__name__}
-        for name in type(spec).model_fields:
+        for name in names:
             picture[name] = _without_numbers(getattr(spec, name), _key(prefix, name), numbers)
         return picture
     if isinstance(spec, Mapping):
@@ -122,20 +139,38 @@ def first_difference(a, b) -> str | None:
     return "their structure"
 
 
+def state_numbers(spec: Any, prefix: str = "model") -> Numbers:
+    """The floats of a model spec that its layers keep in the model state (IN_STATE)."""
+    found: Numbers = {}
+    if isinstance(spec, BaseModel):
+        for name in type(spec).model_fields:
+            value, key = getattr(spec, name), _key(prefix, name)
+            if _is_float(value) and _marked(spec, name, "in_state"):
+                found[key] = value
+            else:
+                found.update(state_numbers(value, key))
+    elif _is_dataclass(spec):
+        for item in dataclasses.fields(spec):
+            found.update(state_numbers(getattr(spec, item.name), _key(prefix, item.name)))
+    elif isinstance(spec, (list, tuple)):
+        for index, item in enumerate(spec):
+            found.update(state_numbers(item, _key(prefix, index)))
+    return found
+
+
 def _section_picture(experiment, section: str) -> Any:
-    numbers = experiment_numbers(experiment)
     if section == "train":
         return experiment.train.model_dump(exclude={"seed", "label_smoothing"})
     if section == "data":
         return experiment.data.model_dump()
     if section == "model":
-        return experiment.raw.get("model")
-    return _without_numbers(getattr(experiment, section), section, numbers)
+        return _without_numbers(experiment.model, "model", state_numbers(experiment.model))
+    return _without_numbers(getattr(experiment, section), section, experiment_numbers(experiment))
 
 
 def _deepest_difference(left: Any, right: Any, where: str) -> str:
     if isinstance(left, dict) and isinstance(right, dict):
-        for key in sorted(set(left) | set(right), key=str):
+        for key in [*left, *(k for k in right if k not in left)]:  # in the spec's order
             if left.get(key) != right.get(key):
                 if key == "<kind>":
                     return where

@@ -85,7 +85,8 @@ def train_stacked(
     # One program for all (the others only checked their specs), on the trials' mesh.
     program = replace(built[0].program, mesh=mesh, compiled={})
     layout = describe(mesh, program.batch_size, trials=len(experiments))
-    states = [b.initial_state(program) for b in built]
+    # Each from its own program: a dropout rate or noise strength lives in its model state.
+    states = [b.initial_state() for b in built]
     data = placed(mesh, stack([to_device(b.train.images, b.train.labels) for b in built]), True)
     numbers = placed(mesh, stack([device_numbers(b.numbers) for b in built]), True)
     records: list[RunRecord] = []

@@ -105,3 +105,33 @@ def test_interrupted_stacked_trials_resume_from_their_checkpoints(tmp_path, cli,
         assert rows[: len(before)] == before  # resumed from the checkpoint, not retrained
         assert [r["step"] for r in rows if r["split"] == "train"] == list(range(10, 401, 10))
         assert json.loads((trial / "summary.json").read_text())["status"] == "completed"
+
+
+def test_trials_differing_in_dropout_and_noise_rates_stack_and_match_alone(tmp_path):
+    model = "model: {layers: [flatten, {dense: 32}, relu, {noise: 0.1}, {dropout: 0.2}, dense]}\n"
+    path = write(
+        tmp_path / "drop.yaml", SHORT.replace("model: {family: cnn, preset: tiny}\n", model)
+    )
+    settings = [("0.2", "0.1"), ("0.5", "0.3")]
+    experiments = [
+        load_experiment(
+            path,
+            [
+                f"model.layers=[flatten, {{dense: 32}}, relu, {{noise: {std}}}, {{dropout: {rate}}}, dense]"
+            ],
+        )
+        for rate, std in settings
+    ]
+    assert first_difference(experiments[0], experiments[1]) is None  # numbers in the state
+    stacked = [tmp_path / f"stacked{i}" for i in range(2)]
+    summaries = train_stacked(experiments, stacked, log=lambda message: None)
+    assert [s["status"] for s in summaries][0].startswith("completed")
+    losses = []
+    for index, experiment in enumerate(experiments):
+        alone = cnnlab.train(experiment, run_dir=tmp_path / f"alone{index}").path
+        together, single = read_metrics(stacked[index]), read_metrics(alone)
+        np.testing.assert_allclose(
+            [r["loss"] for r in together], [r["loss"] for r in single], rtol=1e-5
+        )
+        losses.append([r["loss"] for r in single if r["split"] == "train"])
+    assert losses[0] != losses[1]  # the two rates really trained differently

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
+from cnnlab.hyper import IN_STATE
 from cnnlab.registry import Registry
 
 Norm = Literal["batch", "group", "layer", "none"]
@@ -48,7 +49,8 @@ class MlpArgs(FamilyArgs):
     hidden: tuple[PositiveInt, ...] = (256, 128)
     activation: Literal["relu", "gelu", "silu", "tanh", "sigmoid"] = "relu"
     norm: Literal["batch", "layer", "none"] = "none"
-    dropout: float = Field(0.0, ge=0, lt=1)
+    # Whether there is dropout shows in the layers built; its rate is a number (IN_STATE).
+    dropout: float = Field(0.0, ge=0, lt=1, json_schema_extra=IN_STATE)
 
 
 def mlp_layers(args: MlpArgs) -> RawLayers:
@@ -75,7 +77,7 @@ class CnnArgs(FamilyArgs):
     hidden: tuple[PositiveInt, ...] = (128,)  # dense layers before the classifier
     norm: Norm = "none"  # after each conv
     groups: PositiveInt = 8  # for norm: group
-    dropout: float = Field(0.0, ge=0, lt=1)  # after each hidden dense layer
+    dropout: float = Field(0.0, ge=0, lt=1, json_schema_extra=IN_STATE)  # after each hidden dense
 
 
 def cnn_layers(args: CnnArgs) -> RawLayers:

@@ -25,6 +25,7 @@ from flax import nnx
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
 
 from cnnlab.errors import suggest
+from cnnlab.hyper import IN_STATE
 from cnnlab.models.initializers import (
     CONV_ONLY,
     DATA_INITIALIZERS,
@@ -474,8 +475,31 @@ class Scale(LayerKind):
         return f"x {args.factor:g}"
 
 
+class Rate(nnx.Variable):
+    """A number a layer computes with, held in the model's state rather than its structure:
+    one compiled program serves every value, and stacked trials each keep their own."""
+
+
+class RateDropout(nnx.Module):
+    """Zeroes each unit with probability `rate` while training (and scales the rest by
+    1 / (1 - rate)); the identity in evaluation."""
+
+    def __init__(self, rate: float):
+        self.rate = Rate(jnp.asarray(rate, jnp.float32))
+        self.deterministic = False  # set by Module.train() / .eval()
+
+    def __call__(self, x, *, rngs: nnx.Rngs | None = None):
+        if self.deterministic:
+            return x
+        if rngs is None:
+            raise ValueError("dropout needs a random key while training")
+        keep = 1.0 - self.rate.value
+        kept = jax.random.bernoulli(rngs.dropout(), keep, x.shape)
+        return jnp.where(kept, x / keep, 0).astype(x.dtype)
+
+
 class DropoutArgs(Args):
-    rate: float = Field(0.5, ge=0, lt=1)
+    rate: float = Field(0.5, ge=0, lt=1, json_schema_extra=IN_STATE)
 
 
 @layer("dropout")
@@ -485,7 +509,7 @@ class Dropout(LayerKind):
     random = True
 
     def make(self, args, shape, ctx):
-        return nnx.Dropout(args.rate)
+        return RateDropout(args.rate)
 
     def flops(self, args, shape, out):
         return 0  # nothing at evaluation time
@@ -498,19 +522,20 @@ class GaussianNoise(nnx.Module):
     """Adds N(0, std^2) noise to activations while training; the identity in evaluation."""
 
     def __init__(self, std: float):
-        self.std = std
+        self.std = Rate(jnp.asarray(std, jnp.float32))
         self.deterministic = False  # set by Module.train() / .eval()
 
     def __call__(self, x, *, rngs: nnx.Rngs | None = None):
-        if self.deterministic or self.std == 0:
+        if self.deterministic:
             return x
         if rngs is None:
             raise ValueError("noise needs a random key while training")
-        return x + self.std * jax.random.normal(rngs.noise(), x.shape, x.dtype)
+        noise = jax.random.normal(rngs.noise(), x.shape, x.dtype)
+        return x + self.std.value.astype(x.dtype) * noise
 
 
 class NoiseArgs(Args):
-    std: float = Field(0.1, ge=0)
+    std: float = Field(0.1, ge=0, json_schema_extra=IN_STATE)
 
 
 @layer("noise")
