@@ -5,7 +5,8 @@ weight decay, weight average), of the augmentation specs (probabilities, strengt
 label smoothing is a *number*: the step reads it from a traced input, so one compiled program
 serves every value, and trials that differ only in numbers (and seeds) train stacked under
 `vmap`. A float that shapes the program instead (e.g. where a one-cycle schedule peaks) says so
-in its schema with `Field(..., json_schema_extra=STATIC)`.
+in its schema with `Field(..., json_schema_extra=STATIC)`. The model's dropout rates and noise
+strengths (IN_STATE) are numbers too, held in the model state that each trial initialises.
 """
 
 from __future__ import annotations
