@@ -155,10 +155,6 @@ class TrainResult:
     run_dir: Path
     summary: dict
 
-    @property
-    def failed(self) -> bool:
-        return self.summary["status"] == "diverged"
-
 
 def train(
     experiment: Experiment,
