@@ -98,10 +98,8 @@ def say_file_notes() -> None:
 
 
 def load(experiment: str | None, overrides: list[str] | None):
-    from cnnlab.config import check_assignment, load_experiment
+    from cnnlab.config import load_experiment
 
-    for assignment in overrides or []:
-        check_assignment(assignment)
     return load_experiment(experiment, overrides or [])
 
 

@@ -250,8 +250,8 @@ def set_key(tree: Tree, key: str, value: Any, where: str) -> None:
         _resolve_fragments(tree, Path.cwd(), where)
 
 
-def check_assignment(assignment: str) -> None:
-    """A `--set KEY=VALUE` whose key `apply_override` can follow: dotted names only."""
+def _check_assignment(assignment: str) -> None:
+    """A `--set KEY=VALUE` whose key can be followed: dotted names only."""
     key, sep, _ = assignment.partition("=")
     key = key.strip()
     if not sep or not key:
@@ -274,6 +274,7 @@ def apply_override(tree: Tree, assignment: str) -> None:
     key, sep, text = assignment.partition("=")
     if not sep or not key.strip():
         raise UserError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set optimizer.lr=3e-4")
+    _check_assignment(assignment)
     try:
         value = yaml.load(text, Loader=_loader_for(Path("--set")))  # noqa: S506
     except yaml.YAMLError:
