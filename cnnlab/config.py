@@ -326,6 +326,8 @@ class TrainConfig(_Section):
         "float32"  # bf16: compute in bfloat16, keep float32 weights
     )
     test_time_flip: bool = False  # evaluate on the mean logits of each image and its mirror
+    # > 0: average in, at half weight, the images shifted diagonally by +/- this many pixels
+    test_time_shift: Whole = Field(0, ge=0, le=4)
     # Devices the batch splits over (cnnlab.mesh): all of them, or the first N.
     devices: Literal["all"] | Annotated[int, Field(ge=1)] = "all"
 

@@ -9,7 +9,7 @@ optimizer:
   clip_norm: 1.0                # clip gradients to this global norm
   weight_decay: 5.0e-4          # never applied to parameters with ndim <= 1 (biases, norm scales)
   ema_decay: 0.999              # evaluate with an exponential moving average of the weights
-  lookahead: {sync_period: 5, slow_step_size: 0.5}
+  lookahead: {sync_period: 5, slow_step_size: 0.5}   # ramp: 3 grows the slow weights' share
 ```
 
 Weight decay: optimizers with a weight-decay argument of their own (adamw, nadamw, adamaxw, lion,
@@ -177,7 +177,8 @@ class ScheduleSpec(_Frozen):
 
 
 class _WithWarmup(ScheduleSpec):
-    warmup_steps: Count = Field(default=0, ge=0)  # linear rise from 0 to lr
+    warmup_steps: Count = Field(default=0, ge=0)  # linear rise to lr
+    warmup_start: Number = Field(default=0.0, ge=0, le=1)  # from lr * warmup_start
 
     def build(self, lr: float, total_steps: int) -> Schedule:
         after = self.after_warmup(lr, total_steps)
@@ -186,7 +187,8 @@ class _WithWarmup(ScheduleSpec):
             return after
 
         def schedule(step):
-            rising = lr * jnp.asarray(step, jnp.float32) / warmup
+            start = lr * self.warmup_start
+            rising = start + (lr - start) * jnp.asarray(step, jnp.float32) / warmup
             return jnp.where(step < warmup, rising, after(step))
 
         return schedule
@@ -340,8 +342,20 @@ class OneCycleSchedule(ScheduleSpec):
 
 
 class LookaheadSpec(_Frozen):
-    sync_period: Count = Field(default=5, ge=1)  # fast steps between slow-weight updates
+    """Every `sync_period` steps the slow weights move `slow_step_size` of the way to the fast
+    ones, and the fast ones restart from there. With `ramp`, the share the slow weights keep,
+    1 - slow_step_size, grows as (step / total steps) ** ramp from 0: early syncs are no-ops,
+    the last ones average the most (airbench's schedule is ramp 3, slow_step_size 0.226)."""
+
+    sync_period: Count = Field(default=5, ge=1)
     slow_step_size: Number = Field(default=0.5, gt=0, le=1)
+    ramp: Number | None = Field(default=None, gt=0)
+
+    def step_size(self, step, total_steps: int):
+        if self.ramp is None:
+            return self.slow_step_size
+        progress = jnp.asarray(step, jnp.float32) / total_steps
+        return 1.0 - (1.0 - self.slow_step_size) * jnp.power(progress, self.ramp)
 
 
 class OptimizerSpec(_Frozen):
@@ -458,11 +472,11 @@ def build_schedule(spec: OptimizerSpec, total_steps: int) -> Schedule:
 
 
 def build_optimizer(
-    spec: OptimizerSpec, total_steps: int, frozen: Callable[[Any], Any] | None = None
+    spec: OptimizerSpec, total_steps: int, update_scale: Callable[..., Any] | None = None
 ) -> tuple[optax.GradientTransformation, Schedule]:
     """The full update rule (clipping, weight decay, optimizer, lookahead, weight average)
-    and its learning-rate schedule (step -> lr, for logging). `frozen(params)` marks parameters
-    whose updates are zero before lookahead and the weight average see them.
+    and its learning-rate schedule (step -> lr, for logging). `update_scale(params, step)`
+    multiplies each parameter's update (0: frozen) before lookahead and the weight average.
 
     `update` must be given the current params. Evaluate with `eval_params(params, opt_state)`.
     """
@@ -479,34 +493,58 @@ def build_optimizer(
     if not native_decay:  # always present: its rate is a number the step takes as data
         parts.append(optax.add_decayed_weights(spec.weight_decay, decay_mask))
     parts.append(kind.factory(schedule, **args))
-    if frozen is not None:
-        parts.append(optax.masked(optax.set_to_zero(), frozen))
+    if update_scale is not None:
+        parts.append(_scaled_per_parameter(update_scale))
     tx = optax.chain(*parts) if len(parts) > 1 else parts[0]
     if spec.lookahead is not None:
-        tx = _with_lookahead(tx, spec.lookahead)
+        tx = _with_lookahead(tx, spec.lookahead, total_steps)
     if spec.ema_decay is not None:
         tx = _with_weight_average(tx, spec.ema_decay)
     return tx, schedule
 
 
+class ScaledState(NamedTuple):
+    count: jax.Array  # steps taken
+
+
+def _scaled_per_parameter(update_scale: Callable[..., Any]) -> optax.GradientTransformation:
+    def init(params):
+        return ScaledState(jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None):
+        scales = update_scale(updates, state.count)
+        # where, not a product: a frozen parameter stays exactly as it is
+        scaled = jax.tree.map(
+            lambda u, k: jnp.where(k == 0, 0, u * k).astype(u.dtype), updates, scales
+        )
+        return scaled, ScaledState(state.count + 1)
+
+    return optax.GradientTransformation(init, update)
+
+
 class LookaheadState(NamedTuple):
     inner: optax.OptState
+    count: jax.Array
     slow: Any  # the slow weights, evaluated instead of the trained (fast) ones
 
 
-def _with_lookahead(tx: optax.GradientTransformation, spec: LookaheadSpec):
-    """optax.lookahead with plain params: the slow weights live in the optimizer state."""
-    inner = optax.lookahead(tx, spec.sync_period, spec.slow_step_size)
+def _with_lookahead(tx: optax.GradientTransformation, spec: LookaheadSpec, total_steps: int):
+    """Lookahead (Zhang et al. 2019) with plain params: the slow weights live in the state."""
 
     def init(params):
-        return LookaheadState(inner.init(optax.LookaheadParams.init_synced(params)), params)
+        return LookaheadState(tx.init(params), jnp.zeros([], jnp.int32), params)
 
     def update(grads, state, params=None):
         _require(params, "lookahead")
-        pair = optax.LookaheadParams(fast=params, slow=state.slow)
-        updates, inner_state = inner.update(grads, state.inner, pair)
-        slow = optax.apply_updates(state.slow, updates.slow)
-        return updates.fast, LookaheadState(inner_state, slow)
+        updates, inner_state = tx.update(grads, state.inner, params)
+        fast = optax.apply_updates(params, updates)
+        count = state.count + 1
+        sync = count % spec.sync_period == 0
+        size = jnp.where(sync, spec.step_size(count, total_steps), 0.0)
+        slow = jax.tree.map(lambda s, f: (s + size * (f - s)).astype(s.dtype), state.slow, fast)
+        restarted = jax.tree.map(lambda f, s: jnp.where(sync, s, f), fast, slow)
+        updates = jax.tree.map(lambda r, p: (r - p).astype(p.dtype), restarted, params)
+        return updates, LookaheadState(inner_state, count, slow)
 
     return optax.GradientTransformation(init, update)
 

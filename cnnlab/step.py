@@ -64,6 +64,7 @@ class Program:
     total_steps: int  # schedules span these
     precision: str = "float32"
     test_time_flip: bool = False
+    test_time_shift: int = 0
     mesh: DataMesh | None = None  # None: one device, no sharding at all
     compiled: dict = field(default_factory=dict, repr=False)  # (count, stacked) -> executable
 
@@ -77,7 +78,7 @@ class Program:
 
     def optimizer_for(self, numbers: Numbers) -> tuple[optax.GradientTransformation, Any]:
         spec = with_numbers(self.optimizer, numbers, "optimizer")
-        return build_optimizer(spec, self.total_steps, self.model.frozen)
+        return build_optimizer(spec, self.total_steps, self.model.update_scale)
 
     def augment_for(self, numbers: Numbers) -> Augment:
         specs = with_numbers(self.augment, numbers, "augment")
@@ -323,16 +324,26 @@ def compile_run(
 
 def eval_logits(program: Program, state: TrainState, images: jax.Array) -> jax.Array:
     """Evaluation-mode logits of uint8 images: the weight average or slow weights when the
-    optimizer keeps them, the mirror averaged in with test-time flips."""
+    optimizer keeps them. Test-time flips average in the mirror; a test-time shift averages
+    the result with that of the two diagonal shifts (half weight each side, as airbench)."""
     x = standardize(state.norm, preprocess(images))
     params = eval_params(state.params, state.opt_state)
 
     def logits_of(x):
         return forward(program, params, state.model_state, x, train=False, key=jax.random.key(0))[0]
 
-    if program.test_time_flip:
-        return (logits_of(x) + logits_of(x[:, :, ::-1])) / 2
-    return logits_of(x)
+    def mirrored(x):
+        if program.test_time_flip:
+            return (logits_of(x) + logits_of(x[:, :, ::-1])) / 2
+        return logits_of(x)
+
+    shift = program.test_time_shift
+    if not shift:
+        return mirrored(x)
+    height, width = x.shape[1:3]
+    padded = jnp.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")
+    shifted = (mirrored(padded[:, :height, :width]) + mirrored(padded[:, -height:, -width:])) / 2
+    return (mirrored(x) + shifted) / 2
 
 
 def logits(program: Program, state: TrainState, images: np.ndarray) -> np.ndarray:

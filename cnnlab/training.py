@@ -73,6 +73,7 @@ def build_program(
         total_steps=steps or cfg.steps,
         precision=cfg.precision,
         test_time_flip=cfg.test_time_flip,
+        test_time_shift=cfg.test_time_shift,
         mesh=mesh,
     )
     try:

@@ -223,6 +223,7 @@ def test_spec_keeps_validated_values():
     assert spec.model_dump()["schedule"] == {
         "name": "warmup_cosine",
         "warmup_steps": 200,
+        "warmup_start": 0.0,
         "final_scale": 0.0,
     }
     assert parse_optimizer_spec(spec.model_dump()) == spec  # a run directory can store it

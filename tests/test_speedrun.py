@@ -3,6 +3,7 @@ any layer, global max pool, a constant scale, batch norm without scale, and the 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -18,7 +19,7 @@ from cnnlab.errors import SpecError
 from cnnlab.hyper import experiment_numbers
 from cnnlab.models import INITIALIZERS, build_model, describe_model, parse_model_spec
 from cnnlab.models.initializers import image_patches
-from cnnlab.optim import eval_params
+from cnnlab.optim import LookaheadSpec, build_optimizer, eval_params, parse_optimizer_spec
 from cnnlab.step import (
     channel_stats,
     device_numbers,
@@ -261,10 +262,12 @@ def test_new_layers_in_the_summary():
 def test_the_airbench_fragment_matches_a_hand_count():
     spec = parse_model_spec(yaml.safe_load((REPO / "experiments/models/airbench.yaml").read_text()))
     summary = describe_model(spec, (32, 32, 3), 10)
-    convs = 2 * 2 * 3 * 24 + 9 * (24 * 64 + 64 * 64 + 64 * 256 + 256 * 256 * 3)
+    convs = 2 * 2 * 3 * 24 + 24 + 9 * (24 * 64 + 64 * 64 + 64 * 256 + 256 * 256 * 3)
     norms = 2 * 64 + 4 * 256  # shifts only
-    assert summary.total_params == convs + norms + 256 * 10 == 1_971_616
-    assert summary.frozen_params == 288
+    assert summary.total_params == convs + norms + 256 * 10 == 1_971_640
+    assert summary.frozen_params == 288  # the whitening kernel; its bias trains for 146 steps
+    rows = {row.name: row for row in summary.rows}
+    assert "trains bias until step 146" in rows["0"].detail and "lr x64" in rows["4"].detail
     shapes = [row.output_shape for row in summary.rows if row.kind == "max_pool"]
     assert shapes == [(15, 15, 64), (7, 7, 256), (3, 3, 256)]
 
@@ -279,10 +282,17 @@ def test_global_max_pool_and_scale_compute_what_they_say():
     np.testing.assert_allclose(out, -2.0 * x.max(axis=(1, 2)), rtol=1e-6)
 
 
-def test_dirac_lecun_copies_its_inputs_and_draws_the_other_filters():
-    kernel = np.asarray(INITIALIZERS["dirac_lecun"](KEY, (3, 3, 16, 64)))
+@pytest.mark.parametrize(("name", "variance"), [("dirac_lecun", 1.0), ("dirac_pytorch", 1 / 3)])
+def test_dirac_inits_copy_their_inputs_and_draw_the_other_filters(name, variance):
+    kernel = np.asarray(INITIALIZERS[name](KEY, (3, 3, 16, 64)))
     assert np.array_equal(kernel[..., :16], np.asarray(INITIALIZERS["dirac"](KEY, (3, 3, 16, 16))))
-    assert kernel[..., 16:].std() == pytest.approx(np.sqrt(1 / (9 * 16)), rel=0.1)
+    assert kernel[..., 16:].std() == pytest.approx(np.sqrt(variance / (9 * 16)), rel=0.1)
+
+
+def test_pytorch_default_draws_uniformly_within_one_over_root_fan_in():
+    kernel = np.asarray(INITIALIZERS["pytorch_default"](KEY, (3, 3, 16, 64)))
+    bound = 1 / np.sqrt(9 * 16)
+    assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.95 * bound
 
 
 def test_the_speedrun_experiment_loads_and_builds():
@@ -298,3 +308,116 @@ def test_the_speedrun_experiment_loads_and_builds():
     assert np.abs(whiten_kernel(state.params)).max() > 0
     found = logits(program, state, tiny.images[:4])
     assert found.shape == (4, 10) and np.isfinite(found).all()
+
+
+# ------------------------------------------------------------------ per-layer update rules
+
+
+def rule_model():
+    layers = [
+        {"conv": {"features": 2, "trainable": ["bias"], "freeze_at_step": 2}},
+        {"batch_norm": {"scale": False, "lr_scale": 4}},
+        "global_avg_pool",
+        {"dense": {"features": 3}},
+    ]
+    return build_model(parse_model_spec({"layers": layers}), (4, 4, 1), 3)
+
+
+def sgd_steps(model, count, lr=0.1):
+    """Params after each of `count` plain SGD steps through the model's update rules, and the
+    updates the same gradients would give without rules."""
+    spec = parse_optimizer_spec({"name": "sgd", "lr": lr})
+    tx, _ = build_optimizer(spec, 10, model.update_scale)
+    params, state = model.init(KEY)
+    x = jax.random.normal(KEY, (6, 4, 4, 1))
+
+    def loss(params):
+        logits, _ = model.apply(params, state, x, train=True, key=KEY)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(6) % 3).mean()
+
+    opt_state, history, plain = tx.init(params), [params], []
+    for _ in range(count):
+        grads = jax.grad(loss)(params)
+        plain.append(jax.tree.map(lambda g: -lr * g, grads))
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        history.append(params)
+    return history, plain
+
+
+def test_layer_rules_freeze_scale_and_stop_parameters_on_time():
+    history, plain = sgd_steps(rule_model(), 3)
+    conv = [np.asarray(p["layers"][0]["bias"][...]) for p in history]
+    kernels = [np.asarray(p["layers"][0]["kernel"][...]) for p in history]
+    norm = [np.asarray(p["layers"][1]["bias"][...]) for p in history]
+    assert all(np.array_equal(k, kernels[0]) for k in kernels)  # not in `trainable`
+    assert not np.array_equal(conv[1], conv[0]) and not np.array_equal(conv[2], conv[1])
+    np.testing.assert_array_equal(conv[3], conv[2])  # frozen from step 2 on
+    for step in range(3):  # 4x the plain SGD step
+        expected = 4 * np.asarray(plain[step]["layers"][1]["bias"][...])
+        np.testing.assert_allclose(norm[step + 1] - norm[step], expected, rtol=1e-5, atol=1e-8)
+
+
+def test_layer_rules_name_parameters_the_layer_has():
+    raw = {"layers": [{"conv": {"features": 2, "trainable": ["bais"]}}, "flatten", "dense"]}
+    with pytest.raises(SpecError, match="has no parameter 'bais'; it has bias, kernel"):
+        describe_model(parse_model_spec(raw), (4, 4, 1), 3)
+    raw = {"layers": [{"max_pool": {"window": 2, "lr_scale": 2}}, "flatten", "dense"]}
+    with pytest.raises(SpecError, match="no parameters to freeze or scale"):
+        describe_model(parse_model_spec(raw), (4, 4, 1), 3)
+
+
+def test_a_ramped_lookahead_starts_as_plain_sgd_and_averages_at_the_end():
+    spec = LookaheadSpec(sync_period=5, slow_step_size=0.2262, ramp=3)
+    assert float(spec.step_size(5, 480)) == pytest.approx(1.0, abs=1e-5)  # early syncs: no-ops
+    assert float(spec.step_size(480, 480)) == pytest.approx(0.2262)
+    assert float(spec.step_size(240, 480)) == pytest.approx(1 - 0.7738 / 8)
+
+    def run(lookahead, steps=10):
+        raw = {"name": "sgd", "lr": 0.1, "lookahead": lookahead}
+        tx, _ = build_optimizer(parse_optimizer_spec(raw), steps)
+        params = jnp.array([3.0])
+        opt_state = tx.init(params)
+        trail = []
+        for _ in range(steps):
+            updates, opt_state = tx.update(2 * params, opt_state, params)  # d/dp of p**2
+            params = optax.apply_updates(params, updates)
+            trail.append(float(params[0]))
+        return trail, opt_state
+
+    # SGD on p**2 with lr 0.1 multiplies p by 0.8 a step; syncs at steps 5 and 10 of 10
+    trail, _ = run({"sync_period": 5, "slow_step_size": 0.5, "ramp": 3})
+    np.testing.assert_allclose(trail[:4], [3.0 * 0.8 ** (k + 1) for k in range(4)], rtol=1e-6)
+    first = 3.0 + (1 - 0.5 * 0.5**3) * (3.0 * 0.8**5 - 3.0)  # halfway, 1/16 stays behind
+    second = first + 0.5 * (first * 0.8**5 - first)  # at the end, the full slow_step_size
+    np.testing.assert_allclose([trail[4], trail[9]], [first, second], rtol=1e-6)
+    unramped, state = run({"sync_period": 5, "slow_step_size": 0.5})
+    np.testing.assert_allclose(unramped[4], 3.0 + 0.5 * (3.0 * 0.8**5 - 3.0), rtol=1e-6)
+    np.testing.assert_allclose(eval_params(None, state), unramped[9], rtol=1e-6)  # the slow ones
+
+
+def test_warmup_can_start_above_zero():
+    spec = parse_optimizer_spec(
+        {
+            "name": "sgd",
+            "lr": 1.0,
+            "schedule": {"name": "linear", "warmup_steps": 10, "warmup_start": 0.2},
+        }
+    )
+    _, schedule = build_optimizer(spec, 100)
+    assert [round(float(schedule(step)), 4) for step in (0, 5, 10)] == [0.2, 0.6, 1.0]
+
+
+def test_a_test_time_shift_averages_the_diagonal_shifts_at_half_weight(trained):
+    built, _, after = trained
+    program = built.program
+    assert program.test_time_flip and program.test_time_shift == 0
+    images = built.train.images[:8]
+    shifted = dataclasses.replace(program, test_time_shift=1, compiled={})
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    corners = [padded[:, :8, :8], padded[:, 2:, 2:]]
+    plain = logits(program, after, images)
+    expected = (
+        plain + (logits(program, after, corners[0]) + logits(program, after, corners[1])) / 2
+    ) / 2
+    np.testing.assert_allclose(logits(shifted, after, images), expected, rtol=1e-5, atol=1e-5)

@@ -32,8 +32,11 @@ class Model:
     # `data_init(params, state, x) -> params`: parameters computed from a sample of standardised
     # training images after `init` (e.g. a whitening convolution); None when nothing needs it.
     data_init: Callable[..., Params] | None = None
-    # `frozen(params) -> pytree of bools`: parameters the optimizer must leave as they are.
+    # `frozen(params) -> pytree of bools`: parameters that never train.
     frozen: Callable[[Params], Any] | None = None
+    # `update_scale(params, step) -> pytree of scalars`: the factor on each parameter's update
+    # at `step` (0 where it is frozen); None: the optimizer's updates as they come.
+    update_scale: Callable[[Params, Any], Any] | None = None
 
 
 def from_nnx(

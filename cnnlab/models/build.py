@@ -1,7 +1,8 @@
 """Layer lists -> NNX networks with their shapes checked, and per-layer summaries.
 
-Layers with `trainable: false` are frozen: the model's `frozen(params)` marks their parameters
-for the trainer, which zeroes their updates, and `apply` stops their gradients. A conv with a
+A layer's `trainable`, `lr_scale` and `freeze_at_step` become an `UpdateRule`: the model's
+`update_scale(params, step)` gives the factor on each parameter's update (0 for frozen ones), and
+`apply` stops the gradients of the parameters that never train (`frozen(params)`). A conv with a
 data-computed `init` (whiten) gets its kernel from the model's `data_init(params, state, x)`,
 which runs the layers before it on a sample of training images.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from cnnlab.errors import SpecError
@@ -60,6 +62,35 @@ class LayerNet(nnx.Module):
 
 
 @dataclass(frozen=True)
+class UpdateRule:
+    """How the optimizer treats one layer's parameters, which sit under `prefix` in the params
+    tree: only those named in `trains` change, by `lr_scale` times the optimizer's update, until
+    `freeze_at_step`."""
+
+    prefix: tuple
+    trains: frozenset[str]
+    lr_scale: float = 1.0
+    freeze_at_step: int | None = None
+
+    def factor(self, name: str, step: jax.Array):
+        if name not in self.trains:
+            return jnp.zeros(())
+        if self.freeze_at_step is None:
+            return jnp.full((), self.lr_scale)
+        return jnp.where(step < self.freeze_at_step, self.lr_scale, 0.0)
+
+    def describe(self, names: list[str]) -> str:
+        """' (frozen)', ' (trains bias until step 150)', ' (lr x64)' or ''."""
+        if not self.trains:
+            return " (frozen)"
+        which = "" if set(names) <= self.trains else " " + ", ".join(sorted(self.trains))
+        until = f" until step {self.freeze_at_step}" if self.freeze_at_step else ""
+        scale = f"lr x{self.lr_scale:g}" if self.lr_scale != 1 else ""
+        trains = f"trains{which}{until}" if which or until else ""
+        return f" ({', '.join(part for part in (trains, scale) if part)})"
+
+
+@dataclass(frozen=True)
 class LayerRow:
     """One line of a model summary; `name` is the layer's position ('4', or '4.1' inside a
     residual block), `depth` its nesting."""
@@ -71,7 +102,9 @@ class LayerRow:
     params: int
     flops: int  # forward, per image
     depth: int = 0
-    trainable: bool = True  # false: `trainable: false`, its parameters are frozen
+    trainable: bool = True  # false: `trainable: false`, all its parameters are frozen
+    frozen_params: int = 0  # of `params`, those that never train
+    rule: UpdateRule | None = None  # None: the optimizer's update, as it comes
 
 
 @dataclass(frozen=True)
@@ -93,8 +126,8 @@ class ModelSummary:
 
     @property
     def frozen_params(self) -> int:
-        """Parameters of layers with `trainable: false` (included in `total_params`)."""
-        return sum(row.params for row in self.rows if not row.trainable)
+        """Parameters that never train (included in `total_params`)."""
+        return sum(row.frozen_params for row in self.rows)
 
 
 def count_params(module: nnx.Module | None) -> int:
@@ -132,20 +165,31 @@ def assemble(
             out = _shape_checked(layer, name, shape, kind.output_shape, layer.args, shape, ctx)
             module = kind.make(layer.args, shape, ctx)
             flops = kind.flops(layer.args, shape, out)
-            params = count_params(module)
-            trainable = _trainable(layer, name, depth, params)
-            detail = kind.label(layer.args) + ("" if trainable else " (frozen)")
-            rows.append(
-                LayerRow(name, layer.kind, detail.strip(), out, params, flops, depth, trainable)
-            )
+            sizes = _param_sizes(module)
+            rule = _update_rule(layer, name, depth, sizes)
+            detail = kind.label(layer.args) + (rule.describe(list(sizes)) if rule else "")
+            frozen = sum(size for key, size in sizes.items() if rule and key not in rule.trains)
+            trainable = rule is None or bool(rule.trains)
+            row = LayerRow(
+                name, layer.kind, detail.strip(), out, sum(sizes.values()), flops, depth,
+                trainable, frozen, rule,
+            )  # fmt: skip
+            rows.append(row)
             random.append(kind.random)
         modules.append(module)
         shape = out
     return LayerNet(modules, tuple(random)), rows, shape
 
 
-def _trainable(layer: LayerSpec, name: str, depth: int, params: int) -> bool:
-    """Whether the layer's parameters train; SpecError where its options cannot apply."""
+def _param_sizes(module: nnx.Module) -> dict[str, int]:
+    """A layer's parameters by name ('kernel', 'bias', ...) -> their number of values."""
+    state = nnx.to_pure_dict(nnx.state(module, nnx.Param))
+    return {key: math.prod(value.shape) for key, value in state.items()}
+
+
+def _update_rule(layer: LayerSpec, name: str, depth: int, sizes: dict) -> UpdateRule | None:
+    """The layer's rule (None when the optimizer treats it as usual); SpecError where its
+    options cannot apply."""
     where = f"layer {name} ({layer.kind})"
     if depth and _data_init_name(layer):
         raise SpecError(
@@ -153,10 +197,21 @@ def _trainable(layer: LayerSpec, name: str, depth: int, params: int) -> bool:
             f"{where}: init {_data_init_name(layer)} is computed from data and works on "
             "top-level layers only, not inside a residual block",
         )
-    trainable = getattr(layer.args, "trainable", True)
-    if not trainable and not params:
-        raise SpecError(layer.loc, f"{where} has no parameters to freeze")
-    return trainable
+    args = layer.args
+    if args is None or args.default_training:
+        return None
+    if not sizes:
+        raise SpecError(layer.loc, f"{where} has no parameters to freeze or scale")
+    trains = args.trainable
+    if trains is True or trains is False:
+        trains = list(sizes) if trains else []
+    unknown = [key for key in trains if key not in sizes]
+    if unknown:
+        raise SpecError(
+            layer.loc + ("trainable",),
+            f"{where} has no parameter '{unknown[0]}'; it has {', '.join(sizes)}",
+        )
+    return UpdateRule(_param_prefix(name), frozenset(trains), args.lr_scale, args.freeze_at_step)
 
 
 def _data_init_name(layer: LayerSpec) -> str | None:
@@ -176,14 +231,17 @@ def _path_keys(path: Sequence) -> tuple:
     return tuple(getattr(part, "key", getattr(part, "name", None)) for part in path)
 
 
-def frozen_mask(params: Any, prefixes: Sequence[tuple]) -> Any:
-    """True for the parameters under any of `prefixes` (tuples of keys), False elsewhere."""
+def by_rule(params: Any, rules: Sequence[UpdateRule], value, default) -> Any:
+    """`value(rule, name)` for each parameter under a rule's prefix, `default` elsewhere."""
 
-    def frozen(path, _):
+    def leaf(path, _):
         keys = _path_keys(path)
-        return any(keys[: len(prefix)] == prefix for prefix in prefixes)
+        for rule in rules:
+            if keys[: len(rule.prefix)] == rule.prefix:
+                return value(rule, keys[len(rule.prefix)])
+        return default
 
-    return jax.tree_util.tree_map_with_path(frozen, params)
+    return jax.tree_util.tree_map_with_path(leaf, params)
 
 
 def network(spec: LayerListSpec, input_shape: Shape, num_classes: int, rngs: nnx.Rngs):
@@ -249,8 +307,8 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, int, int], num_classes:
 
     model = replace(model, activations=activations)
     model = _with_data_init(model, layer_list, eval_def)
-    frozen = [_param_prefix(row.name) for row in found["rows"] if not row.trainable]
-    return _with_frozen(model, frozen) if frozen else model
+    rows = found["rows"]
+    return _with_update_rules(model, rows) if any(row.rule for row in rows) else model
 
 
 def _with_data_init(model: Model, spec: LayerListSpec, eval_def) -> Model:
@@ -276,12 +334,20 @@ def _with_data_init(model: Model, spec: LayerListSpec, eval_def) -> Model:
     return replace(model, data_init=data_init)
 
 
-def _with_frozen(model: Model, prefixes: list[tuple]) -> Model:
-    """Adds `frozen`, and stops the gradients of the frozen parameters in `apply` (so that
-    momentum and weight averages see exact zeros)."""
+def _with_update_rules(model: Model, rows: list[LayerRow]) -> Model:
+    """Adds `update_scale`; where some parameters never train, also `frozen`, and `apply` stops
+    their gradients (so that momentum and weight averages see exact zeros)."""
+    rules = [row.rule for row in rows if row.rule is not None]
+
+    def update_scale(params, step):
+        return by_rule(params, rules, lambda rule, name: rule.factor(name, step), jnp.ones(()))
+
+    model = replace(model, update_scale=update_scale)
+    if not any(row.frozen_params for row in rows):
+        return model
 
     def frozen(params):
-        return frozen_mask(params, prefixes)
+        return by_rule(params, rules, lambda rule, name: name not in rule.trains, False)
 
     def apply(params, state, x, *, train: bool, key=None):
         params = jax.tree.map(
@@ -390,7 +456,7 @@ def render_model_summary(summary: ModelSummary):
         )
     lines = list(summary.notes)
     if summary.frozen_params:
-        lines.append(f"of the parameters, {summary.frozen_params:,} are frozen (trainable: false)")
+        lines.append(f"of the parameters, {summary.frozen_params:,} never train (trainable)")
     if summary.state_size:
         lines.append(f"plus {summary.state_size:,} non-trainable values (batch statistics)")
     table.caption = "\n".join(lines) or None

@@ -32,14 +32,23 @@ def dirac(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Arra
     return kernel.at[kh // 2, kw // 2, channels, channels].set(1)
 
 
-def dirac_lecun(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
-    """`dirac` on the first min(in, out) output channels, `lecun_normal` on the others.
+# PyTorch's default for Conv2d and Linear (kaiming_uniform with a = sqrt(5)): uniform in
+# +/- 1/sqrt(fan_in), a third of lecun's variance. Behind batch norm a smaller kernel learns
+# faster (the step is relative to its norm), so recipes tuned in PyTorch expect it.
+pytorch_default = nnx.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def dirac_then(random: Initializer) -> Initializer:
+    """`dirac` on the first min(in, out) output channels, `random` on the others.
 
     Unlike plain `dirac`, no filter starts at zero: a zero filter followed by batch norm has a
     zero variance, and its gradient is then scaled by 1/sqrt(epsilon)."""
-    random = nnx.initializers.lecun_normal()(key, shape, dtype)
-    identity = dirac(key, shape, dtype)
-    return jnp.where(jnp.arange(shape[-1]) < shape[-2], identity, random)
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+        identity = dirac(key, shape, dtype)
+        return jnp.where(jnp.arange(shape[-1]) < shape[-2], identity, random(key, shape, dtype))
+
+    return init
 
 
 # Added to each eigenvalue: on standardised inputs it caps the gain of near-constant directions.
@@ -85,15 +94,23 @@ INITIALIZERS: dict[str, Initializer] = {
     "lecun_normal": nnx.initializers.lecun_normal(),
     "lecun_uniform": nnx.initializers.lecun_uniform(),
     "orthogonal": nnx.initializers.orthogonal(),
+    "pytorch_default": pytorch_default,
     "dirac": dirac,
-    "dirac_lecun": dirac_lecun,
+    "dirac_lecun": dirac_then(nnx.initializers.lecun_normal()),
+    "dirac_pytorch": dirac_then(pytorch_default),
     "zeros": nnx.initializers.zeros_init(),
 }
 # name -> f(layer inputs NHWC, kernel shape) -> kernel; conv layers only, set per layer
 DATA_INITIALIZERS: dict[str, Callable[[jax.Array, tuple[int, ...]], jax.Array]] = {
     "whiten": whitening_kernel,
 }
-CONV_ONLY = {"dirac", "dirac_lecun", *DATA_INITIALIZERS}
+# conv-only name -> what a model-wide one of them gives dense layers
+DENSE_COUNTERPART = {
+    "dirac": DEFAULT_INIT,
+    "dirac_lecun": DEFAULT_INIT,
+    "dirac_pytorch": "pytorch_default",
+}
+CONV_ONLY = {*DENSE_COUNTERPART, *DATA_INITIALIZERS}
 
 
 def check_init_name(name: str, loc: tuple) -> str:

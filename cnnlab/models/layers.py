@@ -9,8 +9,9 @@ Each kind knows three things about itself, so that parsing, shape checking, buil
     image, a multiply-add counted as 2. Conv and dense are exact; elementwise layers, pools and
     norms count about one FLOP per element per operation.
 
-Every layer that takes arguments also takes `trainable: false`, which freezes its parameters
-(the optimizer leaves them as they are; see build.py).
+Every layer that takes arguments also says how the optimizer treats its parameters (see
+build.py): `trainable: false` freezes them, `trainable: [bias]` trains only those named,
+`lr_scale: 64` multiplies their updates, and `freeze_at_step: 150` stops them from that step on.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cnnlab.hyper import IN_STATE
 from cnnlab.models.initializers import (
     CONV_ONLY,
     DATA_INITIALIZERS,
+    DENSE_COUNTERPART,
     INITIALIZERS,
     get_initializer,
 )
@@ -62,7 +64,14 @@ class BuildContext:
 
 class Args(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    trainable: bool = True  # false: the optimizer leaves this layer's parameters as they are
+    # false: the optimizer leaves this layer's parameters as they are; a list: only these train
+    trainable: bool | list[str] = True
+    lr_scale: float = Field(1.0, gt=0)  # this layer's updates are multiplied by it
+    freeze_at_step: PositiveInt | None = None  # its parameters stop training from this step on
+
+    @property
+    def default_training(self) -> bool:
+        return self.trainable is True and self.lr_scale == 1.0 and self.freeze_at_step is None
 
 
 def _pair(value):
@@ -151,8 +160,8 @@ class ConvArgs(Args):
 
 def _kernel_init(name: str | None, ctx: BuildContext, conv: bool):
     chosen = name or ctx.init
-    if chosen in CONV_ONLY and not conv:
-        chosen = "lecun_normal"  # a model-wide conv-only init leaves dense layers at the default
+    if chosen in DENSE_COUNTERPART and not conv:
+        chosen = DENSE_COUNTERPART[chosen]  # a model-wide conv-only init, met by a dense layer
     if chosen in DATA_INITIALIZERS:
         chosen = "zeros"  # until the model's data_init computes it
     return get_initializer(chosen)
