@@ -511,7 +511,7 @@ def diagnostics(run: RunArg = "latest"):
     summary = read_json(run_dir / "summary.json")  # read first: a damaged one is the only line
     from cnnlab.history import print_table
 
-    print_table(console, diagnostics_table(rows, run_layer_names(run_dir, summary)))
+    print_table(console, diagnostics_table(rows, *run_layer_names(run_dir, summary)))
     for warning in summary.get("warnings", []):
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if summary.get("failure"):
@@ -519,23 +519,27 @@ def diagnostics(run: RunArg = "latest"):
     say_diagnosis(summary.get("diagnosis"), failing=summary.get("status") in FAILED)
 
 
-def run_layer_names(run_dir: Path, summary: dict) -> dict[str, str]:
-    """Layer numbers of a run's model to 'index kind detail' names ({} when unknown)."""
+def run_layer_names(run_dir: Path, summary: dict) -> tuple[dict[str, str], list[str] | None]:
+    """Layer numbers of a run's model to 'index kind detail' names ({} when unknown), and for a
+    Python model its layers in the order the forward pass calls them ('0 conv2' first)."""
     from cnnlab.config import load_experiment
-    from cnnlab.models import describe_model
+    from cnnlab.diagnostics import call_order
+    from cnnlab.models import PythonModelSpec, build_model, describe_model
     from cnnlab.report import layer_names
 
     dataset = summary.get("dataset") or {}
     if not dataset.get("image_shape"):
-        return {}
+        return {}, None
+    shape, classes = tuple(dataset["image_shape"]), len(dataset["classes"])
     try:
         experiment = load_experiment(run_dir / "config.yaml")
-        model = describe_model(
-            experiment.model, tuple(dataset["image_shape"]), len(dataset["classes"])
-        )
+        if isinstance(experiment.model, PythonModelSpec):
+            order = call_order(build_model(experiment.model, shape, classes), shape)
+            return {layer: f"{i} {layer}" for i, layer in enumerate(order)}, order
+        model = describe_model(experiment.model, shape, classes)
     except (UserError, SpecError, OSError):
-        return {}
-    return layer_names(model)
+        return {}, None
+    return layer_names(model), None
 
 
 @app.command("lr-find")

@@ -471,18 +471,23 @@ def check_unpredictable_labels(ev: Evidence) -> Diagnosis | None:
 
 
 def overfitting_onset(ev: Evidence, min_gap: float = 0.05) -> tuple[int, float, float] | None:
-    """(step of the best validation accuracy, best, gap now) once validation accuracy stopped
-    improving while the train-val gap grew by `min_gap` since its best."""
-    best, best_step, gap_at_best = -1.0, None, 0.0
+    """(step of the best validation accuracy, best, gap at the last evaluation) when the last
+    evaluation came after the run's best and the train-val gap has grown by `min_gap` since.
+
+    Judged over the whole run, not at the first widening: a run whose validation accuracy
+    recovers to a new best later has not overfit then (the live warning of OverfitWatch can
+    only see the steps so far)."""
+    rows = []  # (step, validation accuracy, train-val gap)
     for row in ev.val:
         train = [r for r in ev.train if r["step"] <= row["step"] and _finite(r.get("accuracy"))]
-        if not train or not _finite(row.get("accuracy")):
-            continue
-        gap = train[-1]["accuracy"] - row["accuracy"]
-        if row["accuracy"] > best:
-            best, best_step, gap_at_best = row["accuracy"], row["step"], gap
-        elif gap - gap_at_best >= min_gap:
-            return best_step, best, gap
+        if train and _finite(row.get("accuracy")):
+            rows.append((row["step"], row["accuracy"], train[-1]["accuracy"] - row["accuracy"]))
+    if not rows:
+        return None
+    best_step, best, gap_at_best = max(rows, key=lambda r: r[1])  # the first best
+    step, _, gap = rows[-1]
+    if step > best_step and gap - gap_at_best >= min_gap:
+        return best_step, best, gap
     return None
 
 

@@ -24,13 +24,60 @@ def layer_name(path) -> str:
     return ".".join(parts) or "params"
 
 
+def _leaf_layer(path) -> str:
+    if path and getattr(path[-1], "name", None) == "value":
+        path = path[:-1]
+    return layer_name(path)
+
+
 def _by_layer(tree) -> dict[str, list[jax.Array]]:
     groups: dict[str, list[jax.Array]] = defaultdict(list)
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        if path and getattr(path[-1], "name", None) == "value":
-            path = path[:-1]
-        groups[layer_name(path)].append(leaf)
+        groups[_leaf_layer(path)].append(leaf)
     return dict(groups)
+
+
+def call_order(model, input_shape: tuple[int, int, int]) -> list[str]:
+    """The layer names of `layer_stats` in the order the forward pass first reads each layer's
+    parameters: for Python models, whose parameter names say nothing of the order.
+
+    The evaluation forward pass is traced (shapes only, nothing runs) and its equations, which
+    are in program order, are walked, into the bodies of jitted helpers too; the first equation
+    reading a parameter places its layer. Layers never read come last, in parameter order."""
+    key = jax.random.key(0)
+    params, state = jax.eval_shape(model.init, key)
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    closed = jax.make_jaxpr(lambda p, s, x: model.apply(p, s, x, train=False, key=key)[0])(
+        params, state, x
+    )
+    names = [_leaf_layer(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    # The flattened arguments are params, then state and x: zip stops at the params.
+    owner = dict(zip(closed.jaxpr.invars, names, strict=False))
+    first: dict[str, int] = {}
+    _walk(closed.jaxpr, owner, first, [0])
+    return sorted(dict.fromkeys(names), key=lambda n: first.get(n, math.inf))
+
+
+def _walk(jaxpr, owner: dict, first: dict[str, int], counter: list[int]) -> None:
+    for eqn in jaxpr.eqns:
+        inner = eqn.params.get("jaxpr")  # a jitted helper (pjit): follow the arguments in
+        inner = getattr(inner, "jaxpr", inner)
+        if inner is not None and hasattr(inner, "eqns") and len(inner.invars) == len(eqn.invars):
+            mapped = {
+                i: owner[o]
+                for o, i in zip(eqn.invars, inner.invars, strict=True)
+                if _var_of(o, owner)
+            }
+            _walk(inner, mapped, first, counter)
+            continue
+        counter[0] += 1
+        for var in eqn.invars:
+            if _var_of(var, owner):
+                first.setdefault(owner[var], counter[0])
+
+
+def _var_of(var, owner: dict) -> bool:
+    return not hasattr(var, "val") and var in owner  # literals (constants) carry .val
 
 
 def _norm(leaves) -> jax.Array:

@@ -209,12 +209,16 @@ def _marked(text: str, bad: bool) -> str:
     return f"[bold red]{text} ![/]" if bad else text
 
 
-def diagnostics_table(rows: list[dict], names: dict[str, str] | None = None) -> Table:
+def diagnostics_table(
+    rows: list[dict], names: dict[str, str] | None = None, order: list[str] | None = None
+) -> Table:
     """Per layer, in forward order: the latest parameter norm, gradient norm, update ratio
     (healthy range in the header, values outside it marked) and dead units, and the gradient
     norm's trend over the run. `names` maps a layer's number to its description
-    ('3' -> '3 conv 3x3, 32')."""
+    ('3' -> '3 conv 3x3, 32'); `order` lists layers in forward order where their names do not
+    tell it (a Python model's parameter names)."""
     names = names or {}
+    position = {layer: index for index, layer in enumerate(order or ())}
     layers: dict[str, list[dict]] = {}
     for row in rows:
         layers.setdefault(str(row["layer"]), []).append(row)
@@ -232,7 +236,7 @@ def diagnostics_table(rows: list[dict], names: dict[str, str] | None = None) -> 
     )
     for header, justify in headers:
         table.add_column(header, justify=justify)
-    for layer in sorted(layers, key=_layer_key):
+    for layer in sorted(layers, key=lambda n: (position.get(n, len(position)), _layer_key(n))):
         history = layers[layer]
         latest = history[-1]
         if "grad_norm" not in latest:

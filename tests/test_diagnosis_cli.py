@@ -185,3 +185,46 @@ def test_underfitting_when_the_model_is_too_small(tmp_path, cli, isolated_runs):
     summary = train_summary(cli, path, isolated_runs, expect=None)
     assert summary["diagnosis"]["cause"] == "underfitting", summary["diagnosis"]
     assert "capacity" in summary["diagnosis"]["fix"]
+
+
+def mislabelled_digits_folder(root, per_class=30, wrong=0.3):
+    """Real digits with a share of the labels wrong: the true digits are learned first, then
+    the wrong labels are memorised (train accuracy 100%) at the cost of validation."""
+    from cnnlab.data.digits import load_digits
+
+    train, rng = load_digits().train, np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", 2)):
+        for label in range(10):
+            for index in np.flatnonzero(train.labels == label)[:count]:
+                name = (label + rng.integers(1, 10)) % 10 if rng.random() < wrong else label
+                folder = root / split / f"c{name}"
+                folder.mkdir(parents=True, exist_ok=True)
+                image = Image.fromarray(train.images[index, :, :, 0], "L")
+                image.save(folder / f"{label}_{index}.png")
+    return root
+
+
+def test_overfitting_a_small_mislabelled_training_set(tmp_path, cli, isolated_runs):
+    data = mislabelled_digits_folder(tmp_path / "mislabelled")
+    text = SMALL.format(
+        name="memorise", model="{family: mlp}", optimizer="adam", lr=0.003, steps=200
+    )
+    text = text.replace(
+        "{source: digits, val_fraction: 0.2}",
+        f"{{source: folder, path: {data}, val_fraction: 0.3}}",
+    )
+    summary = train_summary(cli, write(tmp_path / "memorise.yaml", text), isolated_runs, expect=0)
+    rows = [
+        json.loads(line) for line in (sorted(isolated_runs.iterdir())[-1] / "metrics.jsonl").open()
+    ]
+    train = [r for r in rows if r["split"] == "train"]
+    val = [r for r in rows if r["split"] == "val"]
+    # The symptoms really planted: training memorised, validation loss climbing from its best.
+    assert train[-1]["accuracy"] > 0.99
+    assert val[-1]["loss"] > 1.5 * min(r["loss"] for r in val)
+    assert summary["diagnosis"]["cause"] == "overfitting", summary["diagnosis"]
+    assert summary["diagnosis"]["fix"].startswith("add augmentation, weight_decay or dropout")
+    assert "train.early_stop" in summary["diagnosis"]["fix"]
+    evidence = summary["diagnosis"]["evidence"]
+    assert evidence["gap"] > 0.2 and evidence["best_val_accuracy"] > 0.5
+    assert "add augmentation" in summary["_output"]

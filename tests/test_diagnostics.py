@@ -79,6 +79,42 @@ def test_diagnostics_are_logged_per_layer_and_shown(tiny_experiment, cli, isolat
     assert "per-layer diagnostics at step 40" in shown and "grad norm trend" in shown
 
 
+CALLED_OUT_OF_ALPHABET = """\
+import jax
+from flax import nnx
+
+class OutOfOrder(nnx.Module):
+    def __init__(self, in_shape, num_classes, *, rngs):
+        self.z_conv = nnx.Conv(in_shape[-1], 4, kernel_size=(3, 3), rngs=rngs)
+        self.m_norm = nnx.LayerNorm(4, rngs=rngs)
+        self.a_dense = nnx.Linear(4, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        x = self.m_norm(jax.nn.relu(self.z_conv(x)))
+        return self.a_dense(x.mean(axis=(1, 2)))
+"""
+
+
+def test_diagnostics_list_a_python_models_modules_in_call_order(tmp_path, cli, isolated_runs):
+    write(tmp_path / "out_of_order.py", CALLED_OUT_OF_ALPHABET)
+    text = TINY_EXPERIMENT.replace(
+        "{family: cnn, preset: tiny}", "{python: out_of_order.py:OutOfOrder}"
+    )
+    cli("train", write(tmp_path / "tiny.yaml", text), expect=None)  # 40 steps: it may not learn
+    shown = cli("diagnostics", "latest").stdout
+    rows = [
+        line
+        for line in shown.splitlines()
+        if "_conv" in line or "_norm" in line or "_dense" in line
+    ]
+    # Called z_conv, m_norm, a_dense: listed so, numbered, not alphabetically.
+    assert [row.split()[1:3] for row in rows] == [
+        ["0", "z_conv"],
+        ["1", "m_norm"],
+        ["2", "a_dense"],
+    ], shown
+
+
 def test_gradient_jump_warns_with_the_step():
     watch = GradientWatch()
     assert watch.check(100, 1.0) is None
