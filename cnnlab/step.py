@@ -255,7 +255,8 @@ def on_cpu() -> bool:
 
 def compiler_options() -> dict | None:
     # On XLA:CPU, YNNPACK fusion makes training steps 1.3-1.75x slower (but evaluation faster),
-    # so it is switched off for the training program only.
+    # so it is switched off for the training program only. (The CPU scheduler is set in
+    # cnnlab.environment: XLA reads that one when it starts, not per program.)
     return {"xla_cpu_experimental_ynn_fusion_type": ""} if on_cpu() else None
 
 
@@ -272,17 +273,12 @@ def steps_program(program: Program, count: int, state, data, numbers, *, stacked
         split = mesh.constrain if mesh is not None and not stacked else None
 
         def steps(state, data, numbers, with_stats):
-            # XLA:CPU runs a rolled scan around convolutions ~17x slower; unrolled it is fastest.
-            state, metrics = jax.lax.scan(
-                lambda s, _: train_step(program, s, data, numbers, split=split),
-                state,
-                None,
-                length=count - 1,
-                unroll=max(count - 1, 1) if on_cpu() else 1,
+            state, history = _repeat(
+                lambda s: train_step(program, s, data, numbers, split=split), state, count - 1
             )
             state, last = train_step(program, state, data, numbers, with_stats, split)
             layers = last.pop("layers")
-            metrics = jax.tree.map(lambda m, x: jnp.concatenate([m, x[None]]), metrics, last)
+            metrics = jax.tree.map(lambda m, x: jnp.concatenate([m, x[None]]), history, last)
             return state, {**metrics, "layers": layers}
 
         run = jax.vmap(steps, in_axes=(0, 0, 0, None)) if stacked else steps
@@ -292,6 +288,22 @@ def steps_program(program: Program, count: int, state, data, numbers, *, stacked
         flag = jnp.zeros((), bool)
         program.compiled[key] = jitted.lower(state, data, numbers, flag).compile()
     return program.compiled[key]
+
+
+def _repeat(step, state, count: int):
+    """`count` steps -> (state, their metrics stacked). XLA:CPU runs convolutions inside a loop
+    17x slower or worse (even a loop of one trip), so on the CPU the steps are written out one
+    after another; elsewhere they are a scan."""
+    if not on_cpu():
+        return jax.lax.scan(lambda s, _: step(s), state, None, length=count)
+    history = []
+    for _ in range(count):
+        state, metrics = step(state)
+        history.append(metrics)
+    if not history:  # an empty stack shaped like one step's metrics
+        shapes = jax.eval_shape(step, state)[1]
+        return state, jax.tree.map(lambda m: jnp.zeros((0, *m.shape), m.dtype), shapes)
+    return state, jax.tree.map(lambda *ms: jnp.stack(ms), *history)
 
 
 def _layout(mesh: DataMesh | None, stacked: bool) -> dict:
