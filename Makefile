@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CNNLAB := $(VENV)/bin/cnnlab
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench gpu-wheels clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,13 @@ bench: install
 	$(PY) benchmarks/bench_train.py --append benchmarks/RESULTS.md
 	$(PY) benchmarks/bench_augment.py
 	$(PY) benchmarks/bench_parallel.py
+
+# Wheels of what a GPU machine without network may lack (its Python is 3.12), for benchmarks/gpu.sh
+GPU_WHEELS = pydantic pydantic-core annotated-types typing-inspection tensorboardX
+gpu-wheels: install
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  $$($(PY) -c "from importlib.metadata import version; print(*(f'{n}=={version(n)}' for n in '$(GPU_WHEELS)'.split()))")
 
 clean:
 	rm -rf $(VENV) .pytest_cache

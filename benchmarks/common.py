@@ -13,6 +13,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from cnnlab.environment import configure
+
+configure()  # the XLA flags a cnnlab run has, for every contender of a benchmark alike
+
 
 @dataclass(frozen=True)
 class Spread:
