@@ -318,7 +318,9 @@ class TrainConfig(_Section):
     batch_size: Whole = Field(128, ge=1)  # at most the training split: checked when data is loaded
     eval_every_steps: Whole = Field(500, ge=1)
     log_every_steps: Whole = Field(100, ge=1)
-    steps_per_call: Whole = Field(10, ge=1)  # steps fused into one compiled call (written out on the CPU)
+    steps_per_call: Whole = Field(
+        10, ge=1
+    )  # steps fused into one compiled call (written out on the CPU)
     seed: Whole = Field(0, ge=0, le=MAX_SEED)
     early_stop: EarlyStop | None = None  # stop on a validation plateau, keeping the best checkpoint
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)

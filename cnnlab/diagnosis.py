@@ -68,6 +68,7 @@ class Evidence:
     val_size: int = 0
     divergence: Divergence | None = None
     structure: tuple[tuple[str, str], ...] = ()  # (name, kind) of each layer in forward order
+    order: tuple[str, ...] = ()  # layer names in call order where names do not tell it (Python)
     lr: float | None = None  # the configured peak rate
     memorise: bool = False  # an overfit check: every training sample must be learned
 
@@ -134,7 +135,8 @@ def layer_order(name: str) -> tuple:
 def stats_at(evidence: Evidence, step: int) -> list[dict]:
     """The per-layer rows with statistics at `step`, in forward order."""
     rows = [r for r in evidence.layers if r.get("step") == step and "grad_norm" in r]
-    return sorted(rows, key=lambda r: layer_order(r["layer"]))
+    called = {name: index for index, name in enumerate(evidence.order)}
+    return sorted(rows, key=lambda r: (called.get(r["layer"], -1), layer_order(r["layer"])))
 
 
 def first_stats(evidence: Evidence) -> list[dict]:

@@ -34,6 +34,20 @@ def model_structure(spec, image_shape, num_classes) -> tuple[tuple[str, str], ..
     return tuple((row.name, row.kind) for row in rows)
 
 
+def python_call_order(spec, model, image_shape) -> tuple[str, ...]:
+    """A Python model's layers in the order its forward pass calls them (its parameter names do
+    not tell it); () for layer lists, whose names are their positions."""
+    from cnnlab.diagnostics import call_order
+    from cnnlab.models import PythonModelSpec
+
+    if not isinstance(spec, PythonModelSpec):
+        return ()
+    try:
+        return tuple(call_order(model, tuple(image_shape)))
+    except Exception:  # the order sharpens two checks; a model that trained keeps the rest
+        return ()
+
+
 def stats_rows(step: int, stats: dict) -> list[dict]:
     """Per-layer statistics of a step (as the step reports them) as diagnostics.jsonl rows."""
     rows = []
@@ -111,6 +125,7 @@ def judge_run(record, summary: dict, built, stacked: bool = False) -> dict:
         val_size=len(built.val),
         divergence=record.divergence,
         structure=model_structure(experiment.model, built.dataset.image_shape, classes),
+        order=python_call_order(experiment.model, program.model, program.image_shape),
         lr=experiment.optimizer.lr,
     )
     status = summary["status"]
@@ -152,6 +167,7 @@ def overfit_diagnosis(experiment, program, subset, state, record, numbers) -> Di
         initial_loss=losses[0][1],
         divergence=record.divergence,
         structure=model_structure(experiment.model, subset.images.shape[1:], classes),
+        order=python_call_order(experiment.model, program.model, program.image_shape),
         lr=experiment.optimizer.lr,
         memorise=True,
     )

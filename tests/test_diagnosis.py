@@ -75,6 +75,16 @@ def test_vanishing_and_dead_units():
     assert diagnose(dead).cause == "dead_relu"
 
 
+def test_a_python_models_layers_are_judged_in_call_order():
+    # names sort a_out, m_mid, z_in; the forward pass calls z_in first
+    rows = layers(0, [0.5, 1e-3, 1e-5])
+    for row, name in zip(rows, ["a_out", "m_mid", "z_in"], strict=True):
+        row["layer"] = name
+    assert diagnose(flat_run(layers=tuple(rows))).cause != "vanishing_gradients"
+    ordered = flat_run(layers=tuple(rows), order=("z_in", "m_mid", "a_out"))
+    assert diagnose(ordered).cause == "vanishing_gradients"
+
+
 def test_structure_without_nonlinearity_and_a_far_initial_loss():
     structure = (("0", "conv"), ("1", "max_pool"), ("2", "conv"), ("3", "flatten"), ("4", "dense"))
     assert linear_pairs(structure) == [("2 conv", "4 dense")]
