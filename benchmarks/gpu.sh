@@ -34,8 +34,9 @@ speedrun=(--set "data.path=$DATA")
 bench=(--rounds 3)
 parallel=(--trials 8 --steps 200 --rounds 1)
 if [ "${GPU_QUICK:-0}" = 1 ]; then
-  speedrun+=(--set train.steps=20 --set train.eval_every_steps=20 --set train.log_every_steps=10
-             --set optimizer.schedule.warmup_steps=5 --set train.precision=float32)
+  speedrun+=(--set train.steps=10 --set train.eval_every_steps=10 --set train.log_every_steps=10
+             --set train.batch_size=256 --set optimizer.schedule.warmup_steps=5
+             --set train.precision=float32)
   bench=(--quick --models cnn_small)
   parallel=(--trials 2 --steps 20 --rounds 1)
 fi

@@ -184,7 +184,10 @@ def assemble(
 def _param_sizes(module: nnx.Module) -> dict[str, int]:
     """A layer's parameters by name ('kernel', 'bias', ...) -> their number of values."""
     state = nnx.to_pure_dict(nnx.state(module, nnx.Param))
-    return {key: math.prod(value.shape) for key, value in state.items()}
+    return {
+        key: sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(value))
+        for key, value in state.items()
+    }
 
 
 def _update_rule(layer: LayerSpec, name: str, depth: int, sizes: dict) -> UpdateRule | None:
