@@ -77,6 +77,23 @@ def run_dirs(runs: Path) -> list[Path]:
     return sorted(p for p in runs.glob("*") if p.is_dir()) if runs.exists() else []
 
 
+DIGITS = EXPERIMENTS / "digits.yaml"
+SHORT = ("--set", "train.steps=20", "--set", "train.eval_every_steps=10")
+SHORT += ("--set", "train.log_every_steps=10")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One short digits run (SHORT), trained once per test module; tests work on copies."""
+    root = tmp_path_factory.mktemp("trained")
+    result = CliRunner().invoke(
+        Cli().app, ["train", str(DIGITS), *SHORT], env={"CNNLAB_RUNS_DIR": str(root)}
+    )
+    assert result.exit_code == 0, result.output
+    (run,) = run_dirs(root)
+    return run
+
+
 def interrupt_when(args: list[str], ready, env: dict, timeout: float = 300) -> int:
     """Run `cnnlab ARGS` in a subprocess, send it one SIGINT (Ctrl-C) as soon as `ready()` is
     true, and return its exit code."""

@@ -19,13 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXPERIMENTS, Cli, run_dirs, write
+from conftest import DIGITS, SHORT, run_dirs, write
 from PIL import Image
-from typer.testing import CliRunner
 
-DIGITS = EXPERIMENTS / "digits.yaml"
-SHORT = ("--set", "train.steps=20", "--set", "train.eval_every_steps=10")
-SHORT += ("--set", "train.log_every_steps=10")
 EXPERIMENT = "name: x\ndata: {source: digits}\n"  # a model is added by each case
 
 
@@ -39,18 +35,6 @@ def one_error(result, *needles: str, code: int = 2) -> str:
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """One short digits run, trained once for the module; tests work on copies."""
-    root = tmp_path_factory.mktemp("trained")
-    result = CliRunner().invoke(
-        Cli().app, ["train", str(DIGITS), *SHORT], env={"CNNLAB_RUNS_DIR": str(root)}
-    )
-    assert result.exit_code == 0, result.output
-    (run,) = run_dirs(root)
-    return run
 
 
 @pytest.fixture

@@ -13,23 +13,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import EXPERIMENTS, Cli, run_dirs
-from typer.testing import CliRunner
-
-DIGITS = EXPERIMENTS / "digits.yaml"
-SHORT = ["--set", "train.steps=20", "--set", "train.eval_every_steps=10"]
-SHORT += ["--set", "train.log_every_steps=10"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("trained")
-    result = CliRunner().invoke(
-        Cli().app, ["train", str(DIGITS), *SHORT], env={"CNNLAB_RUNS_DIR": str(root)}
-    )
-    assert result.exit_code == 0, result.output
-    (run,) = run_dirs(root)
-    return run
 
 
 @pytest.fixture

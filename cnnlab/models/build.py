@@ -102,9 +102,13 @@ class LayerRow:
     params: int
     flops: int  # forward, per image
     depth: int = 0
-    trainable: bool = True  # false: `trainable: false`, all its parameters are frozen
     frozen_params: int = 0  # of `params`, those that never train
     rule: UpdateRule | None = None  # None: the optimizer's update, as it comes
+
+    @property
+    def trainable(self) -> bool:
+        """False when none of its parameters train (`trainable: false`)."""
+        return self.rule is None or bool(self.rule.trains)
 
 
 @dataclass(frozen=True)
@@ -169,12 +173,10 @@ def assemble(
             rule = _update_rule(layer, name, depth, sizes)
             detail = kind.label(layer.args) + (rule.describe(list(sizes)) if rule else "")
             frozen = sum(size for key, size in sizes.items() if rule and key not in rule.trains)
-            trainable = rule is None or bool(rule.trains)
-            row = LayerRow(
-                name, layer.kind, detail.strip(), out, sum(sizes.values()), flops, depth,
-                trainable, frozen, rule,
-            )  # fmt: skip
-            rows.append(row)
+            params = sum(sizes.values())
+            rows.append(
+                LayerRow(name, layer.kind, detail.strip(), out, params, flops, depth, frozen, rule)
+            )
             random.append(kind.random)
         modules.append(module)
         shape = out
