@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import jax
@@ -9,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
+from flax import nnx
 
 from cnnlab.errors import SpecError, UserError
 from cnnlab.models import (
@@ -246,8 +248,6 @@ def test_a_final_softmax_is_dropped_with_one_note():
 
 def layer_net(raw: dict, input_shape=(8, 8, 3)):
     """The NNX module of a layer-list model, for looking at single layers."""
-    from flax import nnx
-
     from cnnlab.models.build import network
 
     return network(parse_model_spec(raw), input_shape, 10, nnx.Rngs(KEY))[0]
@@ -319,16 +319,24 @@ def test_random_layers_follow_the_key_in_training_and_vanish_in_evaluation(layer
     assert np.allclose(evaluation, clean)
 
 
-def test_max_pool_as_reshape_matches_reduce_window_with_gradients():
-    x = jax.random.normal(KEY, (2, 8, 8, 3))
-    fast = layer_net({"layers": [{"max_pool": 2}, "flatten", "dense"]}).layers[0]
-    general = layer_net(
-        {"layers": [{"max_pool": {"window": 2, "padding": "same"}}, "flatten", "dense"]}
-    ).layers[0]
-    assert fast.fast and not general.fast
-    assert np.allclose(fast(x), general(x))
+@pytest.mark.parametrize("reduce", ["max", "avg"])
+@pytest.mark.parametrize("size", [8, 31, 7])  # odd sides drop their last row and column
+def test_pooling_as_reshape_matches_reduce_window_with_gradients(reduce, size):
+    x = jax.random.normal(KEY, (2, size, size, 3))
+    pool = layer_net({"layers": [{f"{reduce}_pool": 2}, "flatten", "dense"]}).layers[0]
+    reference = nnx.max_pool if reduce == "max" else nnx.avg_pool
+    window = functools.partial(reference, window_shape=(2, 2), strides=(2, 2), padding="VALID")
+    assert pool.fast
+    assert pool(x).shape == (2, size // 2, size // 2, 3)
+    assert np.allclose(pool(x), window(x))
     grad = jax.grad(lambda pool, x: (pool(x) ** 2).sum(), argnums=1)
-    assert np.allclose(grad(fast, x), grad(general, x))
+    assert np.allclose(grad(pool, x), grad(window, x))
+
+
+def test_overlapping_or_padded_pooling_keeps_reduce_window():
+    for args in ({"window": 3, "stride": 2}, {"window": 2, "padding": "same"}):
+        pool = layer_net({"layers": [{"max_pool": args}, "flatten", "dense"]}).layers[0]
+        assert not pool.fast
 
 
 # -- custom Python models ----------------------------------------------------------------------
