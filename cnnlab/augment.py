@@ -1,7 +1,8 @@
 """Random image transforms as pure jax functions, built by name from the experiment's list.
 
 Each transform draws its own random numbers per sample, applies to one image (vmapped over the
-batch) and fires with its probability `p`, independently for every sample. Mixup and cutmix mix
+batch) and fires with its probability `p`, independently for every sample (or, for an
+alternating flip, by the example and the epoch: `Seen`). Mixup and cutmix mix
 samples within the batch and mix the one-hot labels the same way. Images are float32 NHWC in
 [0, 1] and stay so.
 """
@@ -12,7 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +63,15 @@ SymmetricRange = Annotated[tuple[float, float], BeforeValidator(_symmetric)]
 PixelRange = Annotated[tuple[Pixels, Pixels], BeforeValidator(_same)]
 
 
+class Seen(NamedTuple):
+    """Which training examples a batch holds and in which epoch: what a transform needs to
+    follow an example across epochs. `key` is the same for the whole run."""
+
+    examples: jax.Array  # (B,) int indices into the training split
+    epoch: jax.Array  # int scalar
+    key: jax.Array
+
+
 class AugmentSpec(BaseModel):
     """One transform of the list: its parameters, and how it applies to an image or a batch."""
 
@@ -79,6 +89,10 @@ class AugmentSpec(BaseModel):
         """Random numbers for a batch, one row per sample; column 0 (in [0, 1)) decides whether
         the transform fires. One random call per transform keeps compile time short."""
         return _random(jax.random.uniform, key, (images.shape[0], 1 + self.uniforms))
+
+    def fires(self, draw: jax.Array, seen: Seen | None) -> jax.Array:
+        """(B,) bool: which samples this transform changes."""
+        return draw[:, 0] < self.p
 
     def apply(self, draw: jax.Array, image: Image) -> Image:
         """Transform one image given its row of `draw` without column 0 (per-sample
@@ -188,9 +202,19 @@ class Crop(AugmentSpec):
 
 @transform("hflip")
 class HFlip(AugmentSpec):
-    """Mirror left-right."""
+    """Mirror left-right. `alternate`: each example draws its mirror state once for the run and
+    every other epoch shows the other one (airbench's alternating flip): over any two epochs the
+    network sees both sides of every image, where independent draws repeat one side a quarter
+    of the time. Batches without their example indices (previews) flip independently."""
 
     p: Probability = 0.5
+    alternate: bool = False
+
+    def fires(self, draw, seen):
+        if not self.alternate or seen is None:
+            return super().fires(draw, seen)
+        per_example = jax.vmap(lambda e: jax.random.uniform(jax.random.fold_in(seen.key, e)))
+        return (per_example(seen.examples) < self.p) ^ (seen.epoch % 2 == 1)
 
     def apply(self, draw, image):
         return image[:, ::-1]
@@ -535,27 +559,28 @@ class Augment:
 
     images: float (B, H, W, C) in [0, 1]; labels: float (B, K) one-hot or soft. Transforms run in
     list order; each gets its own key (folded in by position) and draws independently per sample.
+    `seen`: the batch's examples and epoch, for alternating flips (training passes it).
     """
 
     specs: tuple[AugmentSpec, ...]
     image_shape: Shape
     num_classes: int
 
-    def __call__(self, key: jax.Array, images: jax.Array, labels: jax.Array):
+    def __call__(self, key: jax.Array, images: jax.Array, labels: jax.Array, seen=None):
         for index, spec in enumerate(self.specs):
             stage_key = jax.random.fold_in(key, index)
             if spec.per_sample:
-                images = _apply_per_sample(spec, stage_key, images)
+                images = _apply_per_sample(spec, stage_key, images, seen)
             else:
                 images, labels = spec.mix(stage_key, images, labels)
         return images, labels
 
 
-def _apply_per_sample(spec: AugmentSpec, key: jax.Array, images: jax.Array) -> jax.Array:
+def _apply_per_sample(spec: AugmentSpec, key: jax.Array, images: jax.Array, seen) -> jax.Array:
     """Transform every image with its own random numbers; each fires with probability p."""
     draw = spec.draw(key, images)
     out = jax.vmap(spec.apply)(draw[:, 1:], images).astype(images.dtype)
-    fires = draw[:, 0] < spec.p
+    fires = spec.fires(draw, seen)
     return jnp.where(fires[:, None, None, None], out, images)
 
 

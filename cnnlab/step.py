@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from cnnlab.augment import Augment, AugmentSpec, build_augment
+from cnnlab.augment import Augment, AugmentSpec, Seen, build_augment
 from cnnlab.diagnostics import dead_fraction, layer_stats
 from cnnlab.hyper import Numbers, with_numbers
 from cnnlab.mesh import DataMesh
@@ -164,7 +164,7 @@ def forward(program: Program, params, model_state, x, *, train: bool, key):
 
 
 def _batch(program: Program, state: TrainState):
-    """This epoch's order, this step's example indices, and this step's key. Every device
+    """This epoch's order, this step's example indices, its epoch and its key. Every device
     computes the same permutation; each then takes its own part of the indices."""
     order_key, step_key = jax.random.split(state.key)
     epoch, position = jnp.divmod(state.step, program.steps_per_epoch)
@@ -174,7 +174,7 @@ def _batch(program: Program, state: TrainState):
         lambda: state.order,
     )
     index = jax.lax.dynamic_slice_in_dim(order, position * program.batch_size, program.batch_size)
-    return order, index, jax.random.fold_in(step_key, state.step)
+    return order, index, epoch, jax.random.fold_in(step_key, state.step)
 
 
 def train_step(
@@ -185,14 +185,15 @@ def train_step(
     the per-layer statistics of this very step under "layers" (zeros when it is false).
     `split`: lays out an array split along the batch over the mesh (DataMesh.constrain); the
     rest follows."""
-    order, index, key = _batch(program, state)
+    order, index, epoch, key = _batch(program, state)
     if split is not None:  # each device gathers its part of the batch from its own copy
         index = split(index)
     augment_key, model_key = jax.random.split(key)
     labels = data.labels[index]
     images = data.images[index] if split is None else split(data.images[index])
+    seen = Seen(index, epoch, jax.random.fold_in(state.key, 1))  # a key for the whole run
     x, targets = program.augment_for(numbers)(
-        augment_key, preprocess(images), jax.nn.one_hot(labels, program.num_classes)
+        augment_key, preprocess(images), jax.nn.one_hot(labels, program.num_classes), seen
     )
     x = standardize(state.norm, x)
     smoothing = numbers["train.label_smoothing"]

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cnnlab.augment import TRANSFORMS, build_augment, parse_augment, save_grid
+from cnnlab.augment import TRANSFORMS, Seen, build_augment, parse_augment, save_grid
 from cnnlab.errors import SpecError
 
 BATCH, SIZE, CLASSES = 6, 8, 10
@@ -77,6 +77,28 @@ def test_flips_twice_are_the_identity(seed):
         twice, _ = augment([{name: {"p": 1.0}}], once, seed=seed + 1)
         assert not np.array_equal(once, images)
         np.testing.assert_array_equal(twice, images)
+
+
+def test_alternating_flip_shows_each_example_its_other_side_every_other_epoch():
+    examples = jnp.arange(400)
+    images = random_images(0, batch=len(examples))
+    labels = jax.nn.one_hot(examples % CLASSES, CLASSES)
+    flip = build_augment(parse_augment([{"hflip": {"alternate": True}}]), SHAPE, CLASSES)
+
+    def mirrored(epoch: int, step_seed: int, run_seed: int = 7) -> np.ndarray:
+        seen = Seen(examples, jnp.asarray(epoch), jax.random.key(run_seed))
+        out, _ = flip(jax.random.key(step_seed), images, labels, seen)
+        out, images_ = np.asarray(out), np.asarray(images)
+        same = (out == images_).all(axis=(1, 2, 3))
+        np.testing.assert_array_equal(out[~same], images_[~same][:, :, ::-1])  # or mirrored
+        return ~same
+
+    first = mirrored(0, step_seed=1)
+    assert 150 < first.sum() < 250  # half the examples, drawn once for the run
+    np.testing.assert_array_equal(mirrored(0, step_seed=2), first)  # not by the step's key
+    np.testing.assert_array_equal(mirrored(1, step_seed=3), ~first)
+    np.testing.assert_array_equal(mirrored(2, step_seed=4), first)
+    assert not np.array_equal(mirrored(0, step_seed=1, run_seed=8), first)  # another run
 
 
 @few

@@ -67,7 +67,7 @@ def digits_experiment(tmp_path: Path) -> Path:
         "name": "whiten_digits",
         "data": {"source": "digits", "val_fraction": 0.1},
         "model": SMALL_NET,
-        "augment": [{"hflip": {"p": 0.5}}],
+        "augment": [{"hflip": {"alternate": True}}],
         "optimizer": {
             "name": "sgd",
             "lr": 0.2,
