@@ -1,11 +1,12 @@
 """Training speed: cnnlab's compiled step against a hand-written JAX loop and PyTorch eager.
 
     .venv/bin/python benchmarks/bench_train.py [--quick] [--rounds 5] [--models cnn_small]
-        [--append benchmarks/RESULTS.md] [--bf16] [--no-torch]
+        [--append benchmarks/RESULTS.md] [--bf16] [--no-torch] [--convs-only]
 
-Two models, batch 128, SGD with momentum 0.9 and lr 0.01, random uint8 data of the datasets'
-sizes: the two-conv CNN (`cnn_small`) on 28x28x1 and the small resnet (`resnet_small`) on
-32x32x3. Contenders:
+Three models, batch 128, SGD with momentum 0.9 and lr 0.01, random uint8 data of the datasets'
+sizes: the two-conv CNN (`cnn_small`) on 28x28x1, the small resnet (`resnet_small`) and the
+CIFAR-10 speedrun's net (`airbench`: batch norm, GELU, max pools of odd sides) on 32x32x3.
+Contenders:
 
 - cnnlab: the program built from an experiment (cnnlab.training.build_program), its compiled
   call of `steps_per_call` steps driven as the training loop drives it (batches gathered from a
@@ -14,6 +15,8 @@ sizes: the two-conv CNN (`cnn_small`) on 28x28x1 and the small resnet (`resnet_s
 - hand JAX: the same network written with lax.conv_general_dilated, reshape + max pooling and a
   hand GroupNorm; optax; `steps_per_call` steps per call in an unrolled lax.scan; YNNPACK fusion
   off; consecutive batches sliced from the same device array. The yardstick;
+- with --convs-only, the hand JAX network without its norms and activations: what XLA's
+  convolutions (and pooling) cost on their own;
 - PyTorch eager on the CPU, channels_last, the same networks.
 
 Each round times a window of whole calls per contender (synchronising once, at the end of the
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import statistics
 import sys
@@ -80,6 +84,7 @@ class Workload:
 WORKLOADS = {
     "cnn_small": Workload("cnn_small", (28, 28, 1), 60_000),
     "resnet_small": Workload("resnet_small", (32, 32, 3), 50_000),
+    "airbench": Workload("airbench", (32, 32, 3), 50_000),
 }
 
 
@@ -186,14 +191,16 @@ class CnnlabContender(Contender):
 # The yardstick: plain JAX + optax
 
 
-def conv(x, kernel, stride: int = 1):
+def conv(x, kernel, stride: int = 1, padding: str = "SAME"):
     return jax.lax.conv_general_dilated(
-        x, kernel, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        x, kernel, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
 
 
 def max_pool2(x):
+    """2x2 windows, stride 2; an odd last row or column is dropped (valid padding)."""
     b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
     return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
@@ -222,10 +229,10 @@ def cnn_init(key, shape):
     }
 
 
-def cnn_apply(p, x):
-    x = max_pool2(jax.nn.relu(conv(x, p["conv1"]["w"]) + p["conv1"]["b"]))
-    x = max_pool2(jax.nn.relu(conv(x, p["conv2"]["w"]) + p["conv2"]["b"]))
-    x = jax.nn.relu(x.reshape(x.shape[0], -1) @ p["dense1"]["w"] + p["dense1"]["b"])
+def cnn_apply(p, x, act=jax.nn.relu, norm=None):
+    x = max_pool2(act(conv(x, p["conv1"]["w"]) + p["conv1"]["b"]))
+    x = max_pool2(act(conv(x, p["conv2"]["w"]) + p["conv2"]["b"]))
+    x = act(x.reshape(x.shape[0], -1) @ p["dense1"]["w"] + p["dense1"]["b"])
     return x @ p["dense2"]["w"] + p["dense2"]["b"]
 
 
@@ -258,24 +265,73 @@ def resnet_init(key, shape):
     return params
 
 
-def resnet_apply(p, x):
-    x = jax.nn.relu(group_norm(conv(x, p["stem"]), **p["stem_norm"]))
+def resnet_apply(p, x, act=jax.nn.relu, norm=group_norm):
+    x = act(norm(conv(x, p["stem"]), **p["stem_norm"]))
     for index, (_, stride) in enumerate(RESNET_STAGES):
         blk = p[f"block{index}"]
-        y = jax.nn.relu(group_norm(conv(x, blk["conv1"], stride), **blk["norm1"]))
-        y = group_norm(conv(y, blk["conv2"]), **blk["norm2"])
+        y = act(norm(conv(x, blk["conv1"], stride), **blk["norm1"]))
+        y = norm(conv(y, blk["conv2"]), **blk["norm2"])
         shortcut = conv(x, blk["project"], stride) if "project" in blk else x
-        x = jax.nn.relu(y + shortcut)
+        x = act(y + shortcut)
     return x.mean(axis=(1, 2)) @ p["head"]["w"] + p["head"]["b"]
 
 
-HAND_MODELS = {"cnn_small": (cnn_init, cnn_apply), "resnet_small": (resnet_init, resnet_apply)}
+AIRBENCH_WIDTHS = ((24, 64), (64, 256), (256, 256))  # (in, out) of each conv group
+
+
+def batch_norm(x, bias, epsilon: float = 1e-5):
+    """Batch statistics and a learned shift, no scale (airbench's); no running averages."""
+    mean = x.mean(axis=(0, 1, 2))
+    variance = jnp.maximum((x * x).mean(axis=(0, 1, 2)) - mean * mean, 0.0)
+    return (x - mean) * jax.lax.rsqrt(variance + epsilon) + bias
+
+
+def airbench_init(key, shape):
+    keys = iter(jax.random.split(key, 8))
+    params = {"whiten": he(next(keys), (2, 2, shape[-1], 24), 4 * shape[-1]), "bias": jnp.zeros(24)}
+    for index, (width_in, width) in enumerate(AIRBENCH_WIDTHS):
+        params[f"group{index}"] = {
+            "conv1": he(next(keys), (3, 3, width_in, width), 9 * width_in),
+            "norm1": jnp.zeros(width),
+            "conv2": he(next(keys), (3, 3, width, width), 9 * width),
+            "norm2": jnp.zeros(width),
+        }
+    params["head"] = he(next(keys), (256, CLASSES), 256)
+    return params
+
+
+def airbench_apply(p, x, act=jax.nn.gelu, norm=batch_norm):
+    whiten = jax.lax.stop_gradient(p["whiten"])  # fixed, as in the recipe
+    x = act(conv(x, whiten, padding="VALID") + p["bias"])  # 31x31
+    for index in range(len(AIRBENCH_WIDTHS)):
+        group = p[f"group{index}"]
+        x = act(norm(max_pool2(conv(x, group["conv1"])), group["norm1"]))
+        x = act(norm(conv(x, group["conv2"]), group["norm2"]))
+    return x.max(axis=(1, 2)) @ p["head"] / 9
+
+
+HAND_MODELS = {
+    "cnn_small": (cnn_init, cnn_apply),
+    "resnet_small": (resnet_init, resnet_apply),
+    "airbench": (airbench_init, airbench_apply),
+}
+
+
+def unchanged(x, *_, **__):
+    return x
 
 
 class HandJaxContender(Contender):
-    def __init__(self, name, workload: Workload, split: Split, steps_per_call: int):
+    """`convs_only`: the same network with its norms and activations removed, which shows how
+    much of the step XLA's convolutions (and pooling) alone take."""
+
+    def __init__(
+        self, name, workload: Workload, split: Split, steps_per_call: int, convs_only=False
+    ):
         self.name, self.steps_per_call = name, steps_per_call
         init, apply = HAND_MODELS[workload.model]
+        if convs_only:
+            apply = functools.partial(apply, act=unchanged, norm=unchanged)
         self.tx = optax.sgd(LR, momentum=MOMENTUM)
         self.params = init(jax.random.key(0), workload.image_shape)
         self.param_count = sum(x.size for x in jax.tree.leaves(self.params))
@@ -344,6 +400,9 @@ def torch_model(model: str, channels: int):
             nn.Linear(128, CLASSES),
         )
 
+    if model == "airbench":
+        return torch_airbench(channels)
+
     class Block(nn.Module):
         def __init__(self, width_in, width, stride):
             super().__init__()
@@ -371,6 +430,33 @@ def torch_model(model: str, channels: int):
     return nn.Sequential(*layers)
 
 
+def torch_airbench(channels: int):
+    import torch
+    from torch import nn
+
+    class Shift(nn.Module):
+        """Batch norm's learned shift without a scale, as a parameter of its own."""
+
+        def __init__(self, width):
+            super().__init__()
+            self.bias = nn.Parameter(torch.zeros(1, width, 1, 1))
+
+        def forward(self, x):
+            return x + self.bias
+
+    def norm(width):
+        return [nn.BatchNorm2d(width, affine=False), Shift(width), nn.GELU()]
+
+    whiten = nn.Conv2d(channels, 24, 2)
+    whiten.weight.requires_grad = False  # fixed, as in the recipe
+    layers = [whiten, nn.GELU()]
+    for width_in, width in AIRBENCH_WIDTHS:
+        layers += [nn.Conv2d(width_in, width, 3, padding=1, bias=False), nn.MaxPool2d(2)]
+        layers += [*norm(width), nn.Conv2d(width, width, 3, padding=1, bias=False), *norm(width)]
+    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(256, CLASSES, bias=False)]
+    return nn.Sequential(*layers)
+
+
 class TorchContender(Contender):
     def __init__(self, name, workload: Workload, split: Split, steps_per_call: int):
         import torch
@@ -383,7 +469,8 @@ class TorchContender(Contender):
         self.model(torch.zeros(1, channels, *workload.image_shape[:2]))  # sizes LazyLinear
         self.model = self.model.to(memory_format=torch.channels_last)
         self.param_count = sum(p.numel() for p in self.model.parameters())
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=LR, momentum=MOMENTUM)
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(trained, lr=LR, momentum=MOMENTUM)
         # NHWC uint8 seen as NCHW: a channels_last view, no copy.
         self.images = torch.from_numpy(split.images).permute(0, 3, 1, 2)
         self.labels = torch.from_numpy(split.labels.astype(np.int64))
@@ -434,6 +521,8 @@ def measure(workload: Workload, args) -> list[Result]:
     if args.bf16:
         contenders.append(CnnlabContender("cnnlab bf16", workload, split, spc, precision="bf16"))
     contenders.append(HandJaxContender("hand JAX", workload, split, spc))
+    if args.convs_only:
+        contenders.append(HandJaxContender("JAX convs only", workload, split, spc, True))
     if not args.no_torch:
         contenders.append(TorchContender("PyTorch eager", workload, split, spc))
     first = {}
@@ -455,8 +544,8 @@ def measure(workload: Workload, args) -> list[Result]:
 
 
 # Calls (of steps_per_call steps) per timed window: a few seconds each on a 2-core CPU.
-CALLS = {"cnn_small": 8, "resnet_small": 2}
-CALLS_QUICK = {"cnn_small": 3, "resnet_small": 1}
+CALLS = {"cnn_small": 8, "resnet_small": 2, "airbench": 2}
+CALLS_QUICK = {"cnn_small": 3, "resnet_small": 1, "airbench": 1}
 
 
 def paired_ratio(a: Result, b: Result) -> Spread:
@@ -539,6 +628,9 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter windows")
     parser.add_argument("--bf16", action="store_true", help="add cnnlab with precision: bf16")
     parser.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
+    parser.add_argument(
+        "--convs-only", action="store_true", help="add hand JAX without norms and activations"
+    )
     parser.add_argument("--append", type=Path, help="append a markdown section to this file")
     args = parser.parse_args(argv)
     if args.rounds is None:

@@ -293,18 +293,13 @@ def steps_program(program: Program, count: int, state, data, numbers, *, stacked
 
 def _repeat(step, state, count: int):
     """`count` steps -> (state, their metrics stacked). XLA:CPU runs convolutions inside a loop
-    17x slower or worse (even a loop of one trip), so on the CPU the steps are written out one
-    after another; elsewhere they are a scan."""
-    if not on_cpu():
-        return jax.lax.scan(lambda s, _: step(s), state, None, length=count)
-    history = []
-    for _ in range(count):
+    17x slower or worse, so on the CPU the scan is unrolled: its step is traced once and
+    written out `count` times when lowered. A scan of one step would still be a loop (of one
+    trip): that step is called directly."""
+    if count == 1:
         state, metrics = step(state)
-        history.append(metrics)
-    if not history:  # an empty stack shaped like one step's metrics
-        shapes = jax.eval_shape(step, state)[1]
-        return state, jax.tree.map(lambda m: jnp.zeros((0, *m.shape), m.dtype), shapes)
-    return state, jax.tree.map(lambda *ms: jnp.stack(ms), *history)
+        return state, jax.tree.map(lambda m: m[None], metrics)
+    return jax.lax.scan(lambda s, _: step(s), state, None, length=count, unroll=on_cpu())
 
 
 def _layout(mesh: DataMesh | None, stacked: bool) -> dict:
