@@ -566,7 +566,9 @@ class Augment:
     image_shape: Shape
     num_classes: int
 
-    def __call__(self, key: jax.Array, images: jax.Array, labels: jax.Array, seen=None):
+    def __call__(
+        self, key: jax.Array, images: jax.Array, labels: jax.Array, seen: Seen | None = None
+    ):
         for index, spec in enumerate(self.specs):
             stage_key = jax.random.fold_in(key, index)
             if spec.per_sample:
@@ -576,7 +578,7 @@ class Augment:
         return images, labels
 
 
-def _apply_per_sample(spec: AugmentSpec, key: jax.Array, images: jax.Array, seen) -> jax.Array:
+def _apply_per_sample(spec: AugmentSpec, key: jax.Array, images: jax.Array, seen: Seen | None):
     """Transform every image with its own random numbers; each fires with probability p."""
     draw = spec.draw(key, images)
     out = jax.vmap(spec.apply)(draw[:, 1:], images).astype(images.dtype)
