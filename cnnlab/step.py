@@ -152,10 +152,12 @@ def _in_compute_dtype(program: Program, params, x):
     return cast, x.astype(program.compute_dtype)
 
 
-def forward(program: Program, params, model_state, x, *, train: bool, key):
-    """The model in the compute precision; logits come back in float32."""
+def forward(program: Program, params, model_state, x, *, train: bool, key, taps=None):
+    """The model in the compute precision; logits come back in float32. `taps`: see Model."""
     params, x = _in_compute_dtype(program, params, x)
-    logits, model_state = program.model.apply(params, model_state, x, train=train, key=key)
+    logits, model_state = program.model.apply(
+        params, model_state, x, train=train, key=key, taps=taps
+    )
     return logits.astype(jnp.float32), model_state
 
 
@@ -163,29 +165,66 @@ def forward(program: Program, params, model_state, x, *, train: bool, key):
 # One step
 
 
-def _batch(program: Program, state: TrainState):
-    """This epoch's order, this step's example indices, its epoch and its key. Every device
-    computes the same permutation; each then takes its own part of the indices."""
-    order_key, step_key = jax.random.split(state.key)
-    epoch, position = jnp.divmod(state.step, program.steps_per_epoch)
-    order = jax.lax.cond(
-        position == 0,
-        lambda: jax.random.permutation(jax.random.fold_in(order_key, epoch), program.num_examples),
-        lambda: state.order,
+class Orders(NamedTuple):
+    """The example orders of the epochs one call can reach: row i is epoch `first + i`'s."""
+
+    first: jax.Array  # int32 scalar
+    rows: jax.Array  # (epochs, N) int32
+
+
+def call_orders(program: Program, state: TrainState, count: int) -> Orders:
+    """The orders a call of `count` steps reads, drawn once for the call: a permutation is a
+    sort, and one in every unrolled step would double what XLA compiles. Epoch e's order is
+    the same permutation wherever it is drawn (seeded by e); the state keeps the current one."""
+    per_epoch = program.steps_per_epoch
+    first, position = jnp.divmod(state.step, per_epoch)
+    starting = -(-count // per_epoch)  # at most this many epochs start within the call
+    order_key = jax.random.split(state.key)[0]
+
+    def draw():
+        epochs = first + (position != 0) + jnp.arange(starting)
+        return jax.vmap(
+            lambda e: jax.random.permutation(jax.random.fold_in(order_key, e), program.num_examples)
+        )(epochs)
+
+    an_epoch_starts = (position == 0) | (position + count > per_epoch)
+    drawn = jax.lax.cond(
+        an_epoch_starts, draw, lambda: jnp.broadcast_to(state.order, (starting, *state.order.shape))
     )
+    # Row 0 is the epoch the call starts in: drawn now if it starts now, else the current one.
+    rows = jnp.where(
+        position == 0,
+        jnp.concatenate([drawn, drawn[-1:]]),
+        jnp.concatenate([state.order[None], drawn]),
+    )
+    return Orders(first, rows)
+
+
+def _batch(program: Program, state: TrainState, orders: Orders):
+    """This epoch's order, this step's example indices, its epoch and its key. Every device
+    computes the same orders; each then takes its own part of the indices."""
+    step_key = jax.random.split(state.key)[1]
+    epoch, position = jnp.divmod(state.step, program.steps_per_epoch)
+    order = orders.rows[epoch - orders.first]
     index = jax.lax.dynamic_slice_in_dim(order, position * program.batch_size, program.batch_size)
     return order, index, epoch, jax.random.fold_in(step_key, state.step)
 
 
 def train_step(
-    program: Program, state: TrainState, data: Data, numbers: Numbers, with_stats=None, split=None
+    program: Program,
+    state: TrainState,
+    orders: Orders,
+    data: Data,
+    numbers: Numbers,
+    with_stats=None,
+    split=None,
 ):
-    """One optimizer step on this step's batch -> (state, metrics). A non-finite loss or
-    gradient leaves the state as it was. Given `with_stats` (a traced bool), the metrics carry
+    """One optimizer step on this step's batch (from `orders`) -> (state, metrics). A non-finite
+    loss or gradient leaves the state as it was. Given `with_stats` (a traced bool), the metrics carry
     the per-layer statistics of this very step under "layers" (zeros when it is false).
     `split`: lays out an array split along the batch over the mesh (DataMesh.constrain); the
     rest follows."""
-    order, index, epoch, key = _batch(program, state)
+    order, index, epoch, key = _batch(program, state, orders)
     if split is not None:  # each device gathers its part of the batch from its own copy
         index = split(index)
     augment_key, model_key = jax.random.split(key)
@@ -200,12 +239,16 @@ def train_step(
     targets = targets * (1 - smoothing) + smoothing / program.num_classes
 
     def loss_fn(params):
+        taps = [] if with_stats is not None and program.model.taps_relus else None
         logits, model_state = forward(
-            program, params, state.model_state, x, train=True, key=model_key
+            program, params, state.model_state, x, train=True, key=model_key, taps=taps
         )
-        return optax.softmax_cross_entropy(logits, targets).mean(), (logits, model_state)
+        loss = optax.softmax_cross_entropy(logits, targets).mean()
+        return loss, (logits, model_state, taps)
 
-    (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (logits, model_state, taps)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params
+    )
     tx, schedule = program.optimizer_for(numbers)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -226,7 +269,7 @@ def train_step(
         "finite": finite,
     }
     if with_stats is not None:
-        stats = _layer_statistics(program, state, grads, updates, x)
+        stats = _layer_statistics(state, grads, updates, taps)
         # A cond on an unbatched flag stays a branch under vmap: the statistics cost nothing
         # on the calls that do not report them.
         metrics["layers"] = jax.lax.cond(
@@ -235,14 +278,14 @@ def train_step(
     return jax.lax.cond(finite, lambda: updated, lambda: state), metrics
 
 
-def _layer_statistics(program: Program, state: TrainState, grads, updates, x):
-    """A thunk for the per-layer statistics of a step (run only when they are wanted)."""
+def _layer_statistics(state: TrainState, grads, updates, taps):
+    """A thunk for the per-layer statistics of a step (run only when they are wanted). Dead
+    units come from this step's own forward pass (`taps`), where a dead ReLU passes no
+    gradient; None where the model cannot tell."""
 
     def stats():
         values = layer_stats(state.params, grads, updates)
-        if program.model.activations is not None:
-            params, inputs = _in_compute_dtype(program, state.params, x)
-            taps = program.model.activations(params, state.model_state, inputs)
+        if taps is not None:
             dead = [dead_fraction(a) for a in taps]
             values["_model"] = {"dead_relu": jnp.mean(jnp.stack(dead)) if dead else jnp.zeros(())}
         return values
@@ -274,10 +317,13 @@ def steps_program(program: Program, count: int, state, data, numbers, *, stacked
         split = mesh.constrain if mesh is not None and not stacked else None
 
         def steps(state, data, numbers, with_stats):
+            orders = call_orders(program, state, count)
             state, history = _repeat(
-                lambda s: train_step(program, s, data, numbers, split=split), state, count - 1
+                lambda s: train_step(program, s, orders, data, numbers, split=split),
+                state,
+                count - 1,
             )
-            state, last = train_step(program, state, data, numbers, with_stats, split)
+            state, last = train_step(program, state, orders, data, numbers, with_stats, split)
             layers = last.pop("layers")
             metrics = jax.tree.map(lambda m, x: jnp.concatenate([m, x[None]]), history, last)
             return state, {**metrics, "layers": layers}

@@ -481,9 +481,12 @@ def test_models_memorise_four_samples(tmp_path, name):
     assert result.accuracy == 1.0
 
 
-def test_activations_return_every_relu_output_in_evaluation_mode():
+@pytest.mark.parametrize("train", [True, False])
+def test_apply_taps_every_relu_output(train):
     model = build(fragment("seed_residual"), (8, 8, 1))
+    assert model.taps_relus
     params, state = model.init(KEY)
-    taps = model.activations(params, state, jnp.ones((2, 8, 8, 1)))
+    taps = []
+    model.apply(params, state, jnp.ones((2, 8, 8, 1)), train=train, key=KEY, taps=taps)
     assert [tap.shape for tap in taps] == [(2, 8, 8, 32), (2, 4, 4, 64), (2, 128)]
     assert all(float(tap.min()) >= 0 for tap in taps)

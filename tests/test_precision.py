@@ -12,7 +12,15 @@ import yaml
 from conftest import TINY_EXPERIMENT, run_dirs
 
 from cnnlab.config import experiment_from_tree
-from cnnlab.step import device_numbers, logits, scores, steps_program, to_device, train_step
+from cnnlab.step import (
+    call_orders,
+    device_numbers,
+    logits,
+    scores,
+    steps_program,
+    to_device,
+    train_step,
+)
 from cnnlab.training import setup
 
 STEPS_PER_CALL = 10
@@ -106,7 +114,8 @@ def primitives_with_dtypes(jaxpr) -> list[tuple[str, tuple]]:
 def test_train_step_runs_convolutions_and_matmuls_in_the_compute_dtype(prepared, precision, dtype):
     built = prepared[precision]
     state, data = built.initial_state(), to_device(built.train.images, built.train.labels)
-    step = lambda s, d, n: train_step(built.program, s, d, n, True)  # noqa: E731
+    orders = call_orders(built.program, state, 1)
+    step = lambda s, d, n: train_step(built.program, s, orders, d, n, True)  # noqa: E731
     jaxpr = jax.make_jaxpr(step)(state, data, device_numbers(built.numbers)).jaxpr
     heavy = [
         dtypes

@@ -13,13 +13,16 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import yaml
 from conftest import TINY_EXPERIMENT, run_dirs, write
 from PIL import Image
 
 import cnnlab
+from cnnlab.config import experiment_from_tree
 from cnnlab.hyper import experiment_numbers
 from cnnlab.runs import Checkpoints, read_metrics
-from cnnlab.step import device_numbers, init_state, logits
+from cnnlab.step import device_numbers, init_state, logits, steps_program, to_device
+from cnnlab.training import setup
 
 LONGER = TINY_EXPERIMENT.replace("steps: 40", "steps: 120")
 
@@ -165,3 +168,29 @@ def test_resume_refuses_changes_and_finished_runs(tiny_experiment, cli, isolated
     finished = cli("train", "--resume", run, expect=2)
     assert "already finished its 20 steps" in finished.stderr
     assert json.loads((run / "summary.json").read_text())["wall_seconds"] > 0
+
+
+def test_a_run_is_the_same_whatever_the_length_of_its_calls():
+    """Epochs of 3 steps: calls of 4 start mid-epoch and cross one or two epoch starts."""
+    tree = yaml.safe_load(TINY_EXPERIMENT)
+    tree["train"]["batch_size"] = 400
+    built = setup(experiment_from_tree(tree))
+    assert built.program.steps_per_epoch == 3
+    data = to_device(built.train.images, built.train.labels)
+    numbers = device_numbers(built.numbers)
+
+    def train(per_call: int, steps: int = 8):
+        state, losses = built.initial_state(), []
+        for count in [per_call] * (steps // per_call) + [steps % per_call] * (steps % per_call > 0):
+            call = steps_program(built.program, count, state, data, numbers)
+            state, metrics = call(state, data, numbers, np.bool_(False))
+            losses += list(np.asarray(metrics["loss"]))
+        return state, losses
+
+    (one, one_losses), (four, four_losses), (five, five_losses) = map(train, (1, 4, 5))
+    assert one_losses == four_losses == five_losses
+    assert len(set(one_losses)) == 8
+    for other in (four, five):
+        kept = lambda s: (s.step, s.params, s.model_state, s.opt_state, s.order)  # noqa: E731
+        for a, b in zip(jax.tree.leaves(kept(one)), jax.tree.leaves(kept(other)), strict=True):
+            np.testing.assert_array_equal(a, b)

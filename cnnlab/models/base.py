@@ -15,7 +15,8 @@ State = Any  # pytree of non-trainable arrays (batch statistics, rng streams)
 
 @dataclass(frozen=True)
 class Model:
-    """`init(key) -> (params, state)`; `apply(params, state, x, train=, key=) -> (logits, state)`.
+    """`init(key) -> (params, state)`; `apply(params, state, x, train=, key=, taps=None) ->
+    (logits, state)`.
 
     Both are pure and traceable, so the train step can jit, scan and vmap them. `x` is a float32
     NHWC batch; `key` drives randomness for models that take it explicitly (pure-function models);
@@ -26,9 +27,10 @@ class Model:
     apply: Callable[..., tuple[jax.Array, State]]
     # Said once to the user, e.g. "final softmax dropped".
     notes: tuple[str, ...] = field(default=())
-    # `activations(params, state, x) -> [array, ...]`: the outputs of the ReLU layers in evaluation
-    # mode, for the dead-unit diagnostic; None where the model cannot tell.
-    activations: Callable[..., list[jax.Array]] | None = None
+    # Whether `apply(..., taps=[])` appends the output of every ReLU layer to the list, for the
+    # dead-unit diagnostic (taken from the training step's own forward pass); False where the
+    # model cannot tell, and ignores `taps`.
+    taps_relus: bool = False
     # `data_init(params, state, x) -> params`: parameters computed from a sample of standardised
     # training images after `init` (e.g. a whitening convolution); None when nothing needs it.
     data_init: Callable[..., Params] | None = None
@@ -49,8 +51,9 @@ def from_nnx(
     `train()`/`eval()` flags (dropout, batch norm), which live in two graph definitions.
 
     Modules that hold their own rng streams keep them in `state`. With `rngs_at_call`, the
-    module is called as `module(x, rngs=nnx.Rngs(key))` while training instead, so its
-    randomness comes from apply's `key` and `state` holds only batch statistics."""
+    module is called as `module(x, rngs=nnx.Rngs(key), taps=taps)` instead (cnnlab's own
+    networks), so its randomness while training comes from apply's `key` and `state` holds
+    only batch statistics."""
     module = nnx.eval_shape(lambda: make(nnx.Rngs(0)))
     module.train()
     train_def, _, _ = nnx.split(module, nnx.Param, ...)
@@ -66,10 +69,10 @@ def from_nnx(
 
     init = jax.jit(init)  # one compiled program for all layers, not one per layer shape
 
-    def apply(params, state, x, *, train: bool, key=None):
+    def apply(params, state, x, *, train: bool, key=None, taps=None):
         net = nnx.merge(train_def if train else eval_def, params, state, copy=True)
         if rngs_at_call:
-            logits = net(x, rngs=nnx.Rngs(key) if train and key is not None else None)
+            logits = net(x, rngs=nnx.Rngs(key) if train and key is not None else None, taps=taps)
         else:
             logits = net(x)
         _, _, state = nnx.split(net, nnx.Param, ...)

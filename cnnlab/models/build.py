@@ -294,7 +294,7 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, int, int], num_classes:
     def make(rngs: nnx.Rngs) -> nnx.Module:
         return network(layer_list, input_shape, num_classes, rngs)[0]
 
-    model = from_nnx(make, layer_list.notes, rngs_at_call=True)
+    model = replace(from_nnx(make, layer_list.notes, rngs_at_call=True), taps_relus=True)
     found: dict = {}
 
     def make_with_rows() -> nnx.Module:
@@ -305,12 +305,6 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, int, int], num_classes:
     module.eval()
     eval_def, _, _ = nnx.split(module, nnx.Param, ...)
 
-    def activations(params, state, x) -> list[jax.Array]:
-        taps: list[jax.Array] = []
-        nnx.merge(eval_def, params, state, copy=True)(x, taps=taps)
-        return taps
-
-    model = replace(model, activations=activations)
     model = _with_data_init(model, layer_list, eval_def)
     rows = found["rows"]
     return _with_update_rules(model, rows) if any(row.rule for row in rows) else model
@@ -354,11 +348,11 @@ def _with_update_rules(model: Model, rows: list[LayerRow]) -> Model:
     def frozen(params):
         return by_rule(params, rules, lambda rule, name: name not in rule.trains, False)
 
-    def apply(params, state, x, *, train: bool, key=None):
+    def apply(params, state, x, *, train: bool, key=None, taps=None):
         params = jax.tree.map(
             lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen(params)
         )
-        return model.apply(params, state, x, train=train, key=key)
+        return model.apply(params, state, x, train=train, key=key, taps=taps)
 
     return replace(model, apply=apply, frozen=frozen)
 

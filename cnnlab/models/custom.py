@@ -175,7 +175,7 @@ def _model(spec: PythonModelSpec, input_shape: tuple, num_classes: int) -> Model
     def init(key):
         return target.init(key, input_shape, num_classes, **spec.args), {}
 
-    def apply(params, state, x, *, train: bool, key=None):
+    def apply(params, state, x, *, train: bool, key=None, taps=None):
         return target.apply(params, x, train=train, key=key), state
 
     return Model(init, apply)
