@@ -77,7 +77,9 @@ class Net(nn.Module):
         self.whiten = Conv(3, 24, kernel=2, padding=0, bias=True)
         self.whiten.weight.requires_grad = False
         widths = (24, *WIDTHS)
-        self.blocks = nn.Sequential(*(Block(a, b) for a, b in zip(widths, widths[1:])))
+        self.blocks = nn.Sequential(
+            *(Block(a, b) for a, b in zip(widths, widths[1:], strict=False))
+        )
         self.head = nn.Linear(WIDTHS[-1], classes, bias=False)
 
     def forward(self, x):

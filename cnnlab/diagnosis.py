@@ -474,7 +474,8 @@ def check_unpredictable_labels(ev: Evidence) -> Diagnosis | None:
 
 def overfitting_onset(ev: Evidence, min_gap: float = 0.05) -> tuple[int, float, float] | None:
     """(step of the best validation accuracy, best, gap at the last evaluation) when the last
-    evaluation came after the run's best and the train-val gap has grown by `min_gap` since.
+    evaluation came after the run's best, the train-val gap has grown by `min_gap` since, and
+    the last validation loss is not the lowest yet.
 
     Judged over the whole run, not at the first widening: a run whose validation accuracy
     recovers to a new best later has not overfit then (the live warning of OverfitWatch can
@@ -484,13 +485,20 @@ def overfitting_onset(ev: Evidence, min_gap: float = 0.05) -> tuple[int, float, 
         train = [r for r in ev.train if r["step"] <= row["step"] and _finite(r.get("accuracy"))]
         if train and _finite(row.get("accuracy")):
             rows.append((row["step"], row["accuracy"], train[-1]["accuracy"] - row["accuracy"]))
-    if not rows:
+    if not rows or _still_falling([row.get("loss") for row in ev.val]):
         return None
     best_step, best, gap_at_best = max(rows, key=lambda r: r[1])  # the first best
     step, _, gap = rows[-1]
     if step > best_step and gap - gap_at_best >= min_gap:
         return best_step, best, gap
     return None
+
+
+def _still_falling(losses: list) -> bool:
+    """Whether the last validation loss is the lowest yet: then the model still generalises
+    better, and a dip in the accuracy of a small validation split is chance, not overfitting."""
+    losses = [loss for loss in losses if _finite(loss)]
+    return len(losses) >= 2 and losses[-1] < min(losses[:-1])
 
 
 def check_overfitting(ev: Evidence) -> Diagnosis | None:

@@ -141,22 +141,37 @@ class GradientWatch:
 
 @dataclass
 class OverfitWatch:
-    """Reports overfitting: validation accuracy stops improving while the train-val gap widens.
+    """Reports overfitting: validation accuracy stops improving while the train-val gap widens
+    and validation loss has stopped falling.
 
     `onset` is the eval step after which validation accuracy never beat its best, once the gap
-    has grown by `min_gap` since then."""
+    has grown by `min_gap` since then. An evaluation at a new lowest validation loss never
+    reports: the model still generalises better, and the accuracy of a small validation split
+    dips by chance."""
 
     min_gap: float = 0.05
     best_val: float = -1.0
     best_step: int | None = None
     gap_at_best: float = 0.0
+    lowest_val_loss: float = math.inf
     onset: int | None = None
 
-    def check(self, step: int, train_accuracy: float, val_accuracy: float) -> str | None:
+    def check(
+        self, step: int, train_accuracy: float, val_accuracy: float, val_loss: float = math.nan
+    ) -> str | None:
         gap = train_accuracy - val_accuracy
+        still_falling = val_loss < self.lowest_val_loss
+        self.lowest_val_loss = min(self.lowest_val_loss, val_loss)
         if val_accuracy > self.best_val:
             self.best_val, self.best_step, self.gap_at_best = val_accuracy, step, gap
             return None
+        if self.onset is None and not still_falling and gap - self.gap_at_best >= self.min_gap:
+            self.onset = self.best_step
+            return (
+                f"step {step}: overfitting since step {self.onset}: validation accuracy has not improved "
+                f"on {self.best_val:.4f} while the train-val gap grew to {gap:.1%}"
+            )
+        return None
         if self.onset is None and gap - self.gap_at_best >= self.min_gap:
             self.onset = self.best_step
             return (

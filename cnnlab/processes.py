@@ -149,6 +149,17 @@ def shared_path(path: Path | None) -> Path:
     return Path(bytes(value[value != 0]).decode())
 
 
+def wait_for_writer(name: str) -> None:
+    """Every process waits here until all reach it: what process 0 wrote before it is there
+    for the others to read (no-op on one process)."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def any_process(flag: bool) -> bool:
     """Whether `flag` is true on any process (on one process: the flag itself)."""
     import jax

@@ -161,7 +161,11 @@ class RunRecord:
                 "val_loss": result["loss"],
             }
         if self.last_train:
-            self.warn(self.overfitting.check(step, self.last_train["accuracy"], result["accuracy"]))
+            self.warn(
+                self.overfitting.check(
+                    step, self.last_train["accuracy"], result["accuracy"], result["loss"]
+                )
+            )
         min_delta = self.cfg.early_stop.min_delta if self.cfg.early_stop else 0.0
         improved = result["accuracy"] > previous + min_delta
         self.plateau = 0 if improved else self.plateau + 1

@@ -181,11 +181,14 @@ def call_orders(program: Program, state: TrainState, count: int) -> Orders:
     starting = -(-count // per_epoch)  # at most this many epochs start within the call
     order_key = jax.random.split(state.key)[0]
 
+    def permutation(epoch):
+        return jax.random.permutation(jax.random.fold_in(order_key, epoch), program.num_examples)
+
     def draw():
-        epochs = first + (position != 0) + jnp.arange(starting)
-        return jax.vmap(
-            lambda e: jax.random.permutation(jax.random.fold_in(order_key, e), program.num_examples)
-        )(epochs)
+        epoch = first + (position != 0)
+        if starting == 1:
+            return permutation(epoch)[None]
+        return jax.vmap(permutation)(epoch + jnp.arange(starting))
 
     an_epoch_starts = (position == 0) | (position + count > per_epoch)
     drawn = jax.lax.cond(

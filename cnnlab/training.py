@@ -19,7 +19,7 @@ from cnnlab.mesh import DataMesh, data_mesh
 from cnnlab.models import build_model
 from cnnlab.plots import plot_curves
 from cnnlab.prediction import brightness
-from cnnlab.processes import shared_path, writes
+from cnnlab.processes import shared_path, wait_for_writer, writes
 from cnnlab.record import RunRecord
 from cnnlab.runs import Checkpoints, create_run_dir, read_json, read_metrics, write_json
 from cnnlab.step import (
@@ -204,6 +204,7 @@ def train(
         record.close()
     if writes() and read_metrics(record.run_dir):
         plot_curves(record.run_dir)
+    wait_for_writer("run folder complete")  # the others read summary.json next
     return TrainResult(record.run_dir, summary)
 
 

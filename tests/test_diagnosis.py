@@ -115,6 +115,8 @@ def test_overfitting_and_underfitting():
         {"step": s, "loss": 0.5, "accuracy": a} for s, a in ((100, 0.78), (200, 0.85), (300, 0.84))
     )
     assert diagnose(flat_run(train=train, val=val)).cause == "overfitting"
+    falling = tuple({**row, "loss": 0.5 - row["step"] / 1000} for row in val)
+    assert diagnose(flat_run(train=train, val=falling)) is None
     low = tuple(
         {"step": s, "loss": 1.5, "accuracy": a}
         for s, a in ((10, 0.3), (20, 0.5), (30, 0.55), (40, 0.56))
