@@ -13,13 +13,12 @@ and the ratio is the median of per-round ratios.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-from common import LoadWatch, Spread, machine, markdown_table, print_table
+from common import LoadWatch, Spread, append_section, machine, print_table
 
 CONTENDERS = ("cnnlab", "hand JAX")
 
@@ -81,21 +80,12 @@ def main() -> None:
     print_table("First call, 10 steps of batch 128, fresh processes", HEADERS, rows)
     print(load.line())
     if args.append:
-        when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-        marked = "" if load.quiet else " (LOADED: not a result)"
-        text = [
-            f"## Compile time, {when} ({args.rounds} rounds of fresh processes){marked}",
-            "",
-            load.line() + ".",
-            "",
-            f"{facts['cores']} cores, {facts['cpu']}; jax {facts['jax']}. Medians (min-max) over "
-            "rounds; the ratio is the median of per-round ratios.",
-            "",
-            markdown_table(HEADERS, rows),
-            "",
-        ]
-        with args.append.open("a") as out:
-            out.write("\n" + "\n".join(text))
+        note = (
+            f"{facts['cores']} cores, {facts['cpu']}; jax {facts['jax']}. Medians (min-max) "
+            "over rounds; the ratio is the median of per-round ratios."
+        )
+        title = f"Compile time ({args.rounds} rounds of fresh processes)"
+        append_section(args.append, title, load, note, HEADERS, rows)
         print(f"appended to {args.append}")
 
 

@@ -27,7 +27,6 @@ may be shared: only contenders measured in the same run are comparable.
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import os
 import statistics
@@ -47,8 +46,8 @@ from common import (  # noqa: E402
     LoadWatch,
     Spread,
     alternate,
+    append_section,
     machine,
-    markdown_table,
     print_table,
 )
 
@@ -596,27 +595,18 @@ HEADERS = [
 
 
 def append_markdown(path: Path, args, rows, facts: dict[str, str], load: LoadWatch) -> None:
-    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     mode = "quick" if args.quick else "full"
-    marked = "" if load.quiet else " (LOADED: not a result)"
-    lines = [
-        f"## Training speed, {when} ({mode}: {args.rounds} alternating rounds){marked}",
-        "",
-        load.line() + ".",
-        "",
+    note = (
         f"{facts['cores']} cores, {facts['cpu']}; Python {facts['python']}, jax {facts['jax']}, "
         f"jaxlib {facts['jaxlib']}, flax {facts['flax']}, optax {facts['optax']}, "
         f"torch {facts['torch']}. Batch {BATCH}, SGD momentum {MOMENTUM}, lr {LR}, "
         f"{args.steps_per_call} steps per call, random data. Ratios are medians of per-round "
         "ratios (range in brackets); compile is the first call's lowering and compiling for "
         "JAX, and the first step for PyTorch eager; cores busy is the process's CPU time per "
-        f"wall second (of {facts['cores']}): well below that, other work shared the machine.",
-        "",
-        markdown_table(HEADERS, rows),
-        "",
-    ]
-    with path.open("a") as out:
-        out.write("\n" + "\n".join(lines))
+        f"wall second (of {facts['cores']}): well below that, other work shared the machine."
+    )
+    title = f"Training speed ({mode}: {args.rounds} alternating rounds)"
+    append_section(path, title, load, note, HEADERS, rows)
 
 
 def parse_args(argv=None):

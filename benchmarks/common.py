@@ -126,6 +126,26 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str
     return "\n".join(lines)
 
 
+def append_section(
+    path: Path,
+    title: str,
+    load: LoadWatch,
+    note: str,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+) -> None:
+    """Append `## title, <when>` to a markdown results file, marked when the machine was
+    loaded, with the load averages, `note` and the table."""
+    import datetime
+
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    marked = "" if load.quiet else " (LOADED: not a result)"
+    lines = [f"## {title}, {when}{marked}", "", load.line() + ".", "", note, ""]
+    lines += [markdown_table(headers, rows), ""]
+    with path.open("a") as out:
+        out.write("\n" + "\n".join(lines))
+
+
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """A rich table when rich is there, else aligned plain text."""
     try:
