@@ -172,10 +172,3 @@ class OverfitWatch:
                 f"on {self.best_val:.4f} while the train-val gap grew to {gap:.1%}"
             )
         return None
-        if self.onset is None and gap - self.gap_at_best >= self.min_gap:
-            self.onset = self.best_step
-            return (
-                f"step {step}: overfitting since step {self.onset}: validation accuracy has not improved "
-                f"on {self.best_val:.4f} while the train-val gap grew to {gap:.1%}"
-            )
-        return None
