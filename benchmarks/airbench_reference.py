@@ -72,9 +72,11 @@ class Block(nn.Module):
 
 
 class Net(nn.Module):
-    def __init__(self, classes):
+    """airbench94's net (also bench_train.py's PyTorch contender for the `airbench` workload)."""
+
+    def __init__(self, classes: int, channels: int = 3):
         super().__init__()
-        self.whiten = Conv(3, 24, kernel=2, padding=0, bias=True)
+        self.whiten = Conv(channels, 24, kernel=2, padding=0, bias=True)
         self.whiten.weight.requires_grad = False
         widths = (24, *WIDTHS)
         self.blocks = nn.Sequential(

@@ -400,7 +400,9 @@ def torch_model(model: str, channels: int):
         )
 
     if model == "airbench":
-        return torch_airbench(channels)
+        from airbench_reference import Net
+
+        return Net(CLASSES, channels)
 
     class Block(nn.Module):
         def __init__(self, width_in, width, stride):
@@ -426,33 +428,6 @@ def torch_model(model: str, channels: int):
         layers.append(Block(width_in, width, stride))
         width_in = width
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width_in, CLASSES)]
-    return nn.Sequential(*layers)
-
-
-def torch_airbench(channels: int):
-    import torch
-    from torch import nn
-
-    class Shift(nn.Module):
-        """Batch norm's learned shift without a scale, as a parameter of its own."""
-
-        def __init__(self, width):
-            super().__init__()
-            self.bias = nn.Parameter(torch.zeros(1, width, 1, 1))
-
-        def forward(self, x):
-            return x + self.bias
-
-    def norm(width):
-        return [nn.BatchNorm2d(width, affine=False), Shift(width), nn.GELU()]
-
-    whiten = nn.Conv2d(channels, 24, 2)
-    whiten.weight.requires_grad = False  # fixed, as in the recipe
-    layers = [whiten, nn.GELU()]
-    for width_in, width in AIRBENCH_WIDTHS:
-        layers += [nn.Conv2d(width_in, width, 3, padding=1, bias=False), nn.MaxPool2d(2)]
-        layers += [*norm(width), nn.Conv2d(width, width, 3, padding=1, bias=False), *norm(width)]
-    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(256, CLASSES, bias=False)]
     return nn.Sequential(*layers)
 
 
