@@ -223,8 +223,8 @@ def train_step(
     split=None,
 ):
     """One optimizer step on this step's batch (from `orders`) -> (state, metrics). A non-finite
-    loss or gradient leaves the state as it was. Given `with_stats` (a traced bool), the metrics carry
-    the per-layer statistics of this very step under "layers" (zeros when it is false).
+    loss or gradient leaves the state as it was. Given `with_stats` (a traced bool), the metrics
+    carry the per-layer statistics of this very step under "layers" (zeros when it is false).
     `split`: lays out an array split along the batch over the mesh (DataMesh.constrain); the
     rest follows."""
     order, index, epoch, key = _batch(program, state, orders)
