@@ -33,6 +33,7 @@ from common import machine, markdown_table  # noqa: E402
 from cnnlab.hyper import experiment_numbers  # noqa: E402
 from cnnlab.mesh import data_mesh  # noqa: E402
 from cnnlab.step import (  # noqa: E402
+    EpochOrders,
     channel_stats,
     device_numbers,
     init_state,
@@ -55,11 +56,13 @@ def images_per_second(workload, split, devices: int, per_device: int, per_call: 
     started = time.perf_counter()
     call = steps_program(program, per_call, state, data, numbers)
     compile_seconds = time.perf_counter() - started
-    state, metrics = call(state, data, numbers, np.bool_(False))  # warm
-    jax.block_until_ready((state, metrics))
+    orders = EpochOrders(program, state)
+    state, metrics = call(state, orders.upcoming(0, per_call), data, numbers, np.bool_(False))
+    jax.block_until_ready((state, metrics))  # warm
     started = time.perf_counter()
-    for _ in range(calls):
-        state, metrics = call(state, data, numbers, np.bool_(False))
+    for index in range(1, calls + 1):
+        upcoming = orders.upcoming(index * per_call, per_call)
+        state, metrics = call(state, upcoming, data, numbers, np.bool_(False))
     jax.block_until_ready((state, metrics))
     return calls * per_call * batch / (time.perf_counter() - started), compile_seconds
 

@@ -55,6 +55,7 @@ from cnnlab.config import experiment_from_tree  # noqa: E402
 from cnnlab.data.dataset import Split  # noqa: E402
 from cnnlab.hyper import experiment_numbers  # noqa: E402
 from cnnlab.step import (  # noqa: E402
+    EpochOrders,
     channel_stats,
     device_numbers,
     init_state,
@@ -173,14 +174,19 @@ class CnnlabContender(Contender):
             self.program, self.steps_per_call, self.state, self.data, self.numbers
         )
         seconds = time.perf_counter() - start
+        self.orders = EpochOrders(self.program, self.state)
         self.call()
         self.sync()
         return seconds
 
     def call(self) -> None:
+        step = self.calls * self.steps_per_call
         self.calls += 1
         report = np.bool_(self.calls * self.steps_per_call % LOG_EVERY == 0)
-        self.state, self.metrics = self.compiled(self.state, self.data, self.numbers, report)
+        upcoming = self.orders.upcoming(step, self.steps_per_call)
+        self.state, self.metrics = self.compiled(
+            self.state, upcoming, self.data, self.numbers, report
+        )
 
     def sync(self) -> None:
         block((self.state, self.metrics))

@@ -4,11 +4,11 @@ The causes they point to are named in `cnnlab.diagnosis`."""
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # Path parts that name containers rather than layers: dropped from layer names.
 _CONTAINER_KEYS = {"layers", "body", "value"}
@@ -28,13 +28,6 @@ def _leaf_layer(path) -> str:
     if path and getattr(path[-1], "name", None) == "value":
         path = path[:-1]
     return layer_name(path)
-
-
-def _by_layer(tree) -> dict[str, list[jax.Array]]:
-    groups: dict[str, list[jax.Array]] = defaultdict(list)
-    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-        groups[_leaf_layer(path)].append(leaf)
-    return dict(groups)
 
 
 def call_order(model, input_shape: tuple[int, int, int]) -> list[str]:
@@ -80,25 +73,45 @@ def _var_of(var, owner: dict) -> bool:
     return not hasattr(var, "val") and var in owner  # literals (constants) carry .val
 
 
-def _norm(leaves) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in leaves))
+ROW = 128  # statistics lay every leaf out as rows of this many values (zero-padded)
 
 
-def layer_stats(params, grads, updates) -> dict[str, dict[str, jax.Array]]:
-    """Per layer: parameter norm and mean, gradient norm, and update-to-parameter ratio."""
-    params, grads, updates = _by_layer(params), _by_layer(grads), _by_layer(updates)
-    stats = {}
-    for name, leaves in params.items():
-        count = sum(leaf.size for leaf in leaves)
-        param_norm = _norm(leaves)
-        stats[name] = {
-            "param_norm": param_norm,
-            "param_mean": sum(jnp.sum(leaf) for leaf in leaves) / count,
-            "grad_norm": _norm(grads[name]),
-            "update_ratio": _norm(updates[name]) / (param_norm + 1e-12),
-            "finite": jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in grads[name]])),
-        }
-    return stats
+def layer_names(params) -> list[str]:
+    """The layers that `layer_stats` reports, in parameter order."""
+    paths = jax.tree_util.tree_leaves_with_path(params)
+    return list(dict.fromkeys(_leaf_layer(path) for path, _ in paths))
+
+
+def _rows(tree) -> jax.Array:
+    """Every leaf raveled, zero-padded to whole rows and stacked: (rows, ROW) float32."""
+    return jnp.concatenate(
+        [
+            jnp.pad(jnp.ravel(leaf).astype(jnp.float32), (0, -leaf.size % ROW)).reshape(-1, ROW)
+            for leaf in jax.tree.leaves(tree)
+        ]
+    )
+
+
+def layer_stats(params, grads, updates) -> dict[str, jax.Array]:
+    """Per layer, as arrays in `layer_names` order: parameter norm and mean, gradient norm, and
+    update-to-parameter ratio. The leaves are laid out as the rows of one matrix, whose row sums
+    are summed per layer: a few reductions however many leaves there are (XLA compiles a kernel
+    for each reduction of its own shape, which made per-leaf sums slow to compile)."""
+    names = layer_names(params)
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    index = [names.index(_leaf_layer(path)) for path, _ in leaves]
+    sizes = np.bincount(index, [leaf.size for _, leaf in leaves], len(names))
+    row_layer = np.repeat(index, [-(-leaf.size // ROW) for _, leaf in leaves])
+    p, g, u = _rows(params), _rows(grads), _rows(updates)
+    per_row = jnp.stack([(p * p).sum(1), p.sum(1), (g * g).sum(1), (u * u).sum(1)], axis=1)
+    sums = jax.ops.segment_sum(per_row, row_layer, num_segments=len(names))
+    param_norm = jnp.sqrt(sums[:, 0])
+    return {
+        "param_norm": param_norm,
+        "param_mean": sums[:, 1] / sizes,
+        "grad_norm": jnp.sqrt(sums[:, 2]),
+        "update_ratio": jnp.sqrt(sums[:, 3]) / (param_norm + 1e-12),
+    }
 
 
 def dead_fraction(activations: jax.Array) -> jax.Array:
@@ -107,14 +120,24 @@ def dead_fraction(activations: jax.Array) -> jax.Array:
     return jnp.mean(jnp.all(units <= 0, axis=0))
 
 
-def first_nonfinite(stats: dict) -> str | None:
+def stats_rows(step: int, stats: dict, names: list[str]) -> list[dict]:
+    """A step's statistics (host arrays from `layer_stats`, and "dead_relu" where the model
+    reports it) as diagnostics.jsonl rows: one per layer, and one for the model's dead units."""
+    per_layer = {key: np.ravel(value) for key, value in stats.items() if key != "dead_relu"}
+    rows = [
+        {"step": step, "layer": name, **{key: float(v[i]) for key, v in per_layer.items()}}
+        for i, name in enumerate(names)
+    ]
+    if "dead_relu" in stats:
+        rows.append({"step": step, "layer": "model", "dead_relu": float(stats["dead_relu"])})
+    return rows
+
+
+def first_nonfinite(rows: list[dict]) -> str | None:
     """The first layer, in forward order, whose gradient holds a NaN or an infinity, or is so
     large that its norm overflows (each element finite, their squares not)."""
-    for name in sorted((n for n in stats if "finite" in stats[n]), key=_forward_order):
-        values = stats[name]
-        if not bool(values["finite"]) or not math.isfinite(float(values["grad_norm"])):
-            return name
-    return None
+    layers = sorted((r for r in rows if "grad_norm" in r), key=lambda r: _forward_order(r["layer"]))
+    return next((r["layer"] for r in layers if not math.isfinite(r["grad_norm"])), None)
 
 
 def _forward_order(name: str) -> tuple:

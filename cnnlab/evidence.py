@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from cnnlab.diagnosis import Diagnosis, Evidence, diagnose, not_learning
+from cnnlab.diagnostics import layer_names, stats_rows
 from cnnlab.runs import read_jsonl, read_metrics
 
 NOT_LEARNING = "completed_not_learning"
@@ -48,22 +49,6 @@ def python_call_order(spec, model, image_shape) -> tuple[str, ...]:
         return ()
 
 
-def stats_rows(step: int, stats: dict) -> list[dict]:
-    """Per-layer statistics of a step (as the step reports them) as diagnostics.jsonl rows."""
-    rows = []
-    for layer, values in stats.items():
-        if layer == "_model":
-            if "dead_relu" in values:
-                rows.append(
-                    {"step": step, "layer": "model", "dead_relu": float(values["dead_relu"])}
-                )
-            continue
-        row = {"step": step, "layer": layer}
-        row.update({key: float(value) for key, value in values.items() if key != "finite"})
-        rows.append(row)
-    return rows
-
-
 def initial_loss(program, state, images: np.ndarray, labels: np.ndarray) -> float:
     """The loss at initialisation: mean over a sample of training images, evaluation mode."""
     from cnnlab.step import logits, scores
@@ -77,12 +62,13 @@ def first_step_rows(program, state, data, numbers) -> list[dict]:
     initial state (compiled once more, one step long: only failing runs need it)."""
     import jax
 
-    from cnnlab.step import steps_program
+    from cnnlab.step import EpochOrders, steps_program
 
     copy = jax.tree.map(lambda leaf: leaf.copy(), state)  # the call donates its state
     call = steps_program(program, 1, copy, data, numbers)
-    _, metrics = call(copy, data, numbers, np.bool_(True))
-    return stats_rows(0, jax.device_get(metrics["layers"]))
+    upcoming = EpochOrders(program, state).upcoming(0, 1)
+    _, metrics = call(copy, upcoming, data, numbers, np.bool_(True))
+    return stats_rows(0, jax.device_get(metrics["layers"]), layer_names(state.params))
 
 
 def label_counts(labels: np.ndarray, num_classes: int) -> tuple[int, ...]:
@@ -156,7 +142,7 @@ def overfit_diagnosis(experiment, program, subset, state, record, numbers) -> Di
     if accuracy < 1.0:  # a pass needs only the structural checks: no statistics to compute
         data = to_device(subset.images, subset.labels)
         first = first_step_rows(program, state, data, numbers)
-        last = stats_rows(losses[-1][0], record.layers) if record.layers else []
+        last = [{**row, "step": losses[-1][0]} for row in record.layers or []]
     rows = [{"step": step, "loss": loss, "accuracy": None} for step, loss in losses]
     rows[-1]["accuracy"] = accuracy
     evidence = Evidence(

@@ -20,8 +20,9 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
+from cnnlab.diagnostics import layer_names, stats_rows
 from cnnlab.processes import any_process
-from cnnlab.step import Program, steps_program
+from cnnlab.step import EpochOrders, Program, steps_program
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,9 @@ class Record(Protocol):
     last_train: dict
     last_val: dict
 
-    def log(self, step: int, series: dict, layers: dict, images_per_sec: float, wall: float): ...
+    def log(
+        self, step: int, series: dict, layers: list[dict], images_per_sec: float, wall: float
+    ): ...
 
     def evaluate(self, step: int, state, wall: float, final: bool) -> str | None: ...
 
@@ -117,11 +120,11 @@ def trial_slice(tree: Any, index: int | None) -> Any:
     return tree if index is None else jax.tree.map(lambda leaf: leaf[index], tree)
 
 
-def _series(calls: list[dict], index: int | None) -> tuple[dict, dict]:
+def _series(calls: list[dict], index: int | None, step: int, names: list[str]):
     """Per-step metrics of one trial over the calls since the last log, as flat arrays, and the
-    per-layer statistics of the last step."""
+    statistics rows of the last step (diagnostics.stats_rows)."""
     calls = [trial_slice(call, index) for call in calls]
-    layers = calls[-1].pop("layers")
+    layers = stats_rows(step, calls[-1].pop("layers"), names)
     for call in calls[:-1]:
         call.pop("layers")
     series = {key: np.concatenate([np.ravel(c[key]) for c in calls]) for key in calls[0]}
@@ -148,12 +151,14 @@ def run(
     slots = list(range(len(records))) if stacked else [None]
     outcomes: list[Outcome | None] = [None] * len(records)
     last_step, pending = step, []
+    orders, names = EpochOrders(program, state, stacked), layer_names(state.params)
     with StopRequest() as stop:
         while step < cadence.steps and any(o is None for o in outcomes):
             count = cadence.count(step)
             report = cadence.logs(step + count)
             call = steps_program(program, count, state, data, numbers, stacked=stacked)
-            state, metrics = call(state, data, numbers, np.bool_(report))
+            upcoming = orders.upcoming(step, count)
+            state, metrics = call(state, upcoming, data, numbers, np.bool_(report))
             pending.append(metrics)
             step += count
             # Read once: a Ctrl-C arriving later is seen next call. Several processes stop
@@ -164,7 +169,7 @@ def run(
                 images_per_sec = (step - last_step) * batch / clock.lap()
                 with clock.paused():
                     for index, record, slot in _active(records, slots, outcomes):
-                        series, layers = _series(calls, slot)
+                        series, layers = _series(calls, slot, step, names)
                         layers = layers if report else None  # a stop mid-interval has none
                         status = record.log(step, series, layers, images_per_sec, clock.total())
                         if status:

@@ -112,17 +112,17 @@ class RunRecord:
         self.metrics.write(step=step, split="train", wall_time=round(wall, 3), **self.last_train)
         self.warn(self.gradients.check(step, float(series["grad_norm"].max())))
         if layers is not None:
-            self.metrics.write_diagnostics(step, layers)
+            self.metrics.write_diagnostics(layers)
         return None
 
-    def fail(self, step: int, layers: dict | None) -> str:
+    def fail(self, step: int, layers: list[dict] | None) -> str:
         """A non-finite loss or gradient at `step`: name the first layer at fault (from the
         statistics of the failing step, which the frozen state replays), keep the last finite
         checkpoint, and stop."""
         layer = first_nonfinite(layers) if layers else None
         self.divergence = Divergence(step, layer)
         if layers is not None:  # the failing step's own statistics: where it blew up
-            self.metrics.write_diagnostics(step, layers)
+            self.metrics.write_diagnostics([{**row, "step": step} for row in layers])
         where = f"; first non-finite gradient in layer {layer}" if layer else ""
         kept = self.checkpoints.step("latest")
         kept = (
@@ -225,7 +225,7 @@ class Unwritten:
     def write(self, **row) -> None:
         pass
 
-    def write_diagnostics(self, step: int, stats: dict) -> None:
+    def write_diagnostics(self, rows: list[dict]) -> None:
         pass
 
     def close(self) -> None:

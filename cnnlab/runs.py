@@ -113,26 +113,16 @@ class MetricsWriter:
                 self.events.add_scalar(tag, row[key], row["step"])
         self.events.flush()
 
-    def write_diagnostics(self, step: int, stats: dict) -> None:
-        """One row per layer: {step, layer, param_norm, param_mean, grad_norm, update_ratio}."""
-        model = stats.get("_model", {})
-        for layer, values in stats.items():
-            if layer == "_model":
-                continue
-            row = {"step": step, "layer": layer}
-            row.update(
-                {key: _finite_or_none(value) for key, value in values.items() if key != "finite"}
-            )
+    def write_diagnostics(self, rows: list[dict]) -> None:
+        """diagnostics.stats_rows: {step, layer, param_norm, param_mean, grad_norm,
+        update_ratio} per layer, and {step, layer: "model", dead_relu}."""
+        for row in rows:
+            row = {k: v if k in ("step", "layer") else _finite_or_none(v) for k, v in row.items()}
             self.diagnostics.write(json.dumps(row) + "\n")
-            for key in ("grad_norm", "update_ratio"):
+            for key in ("grad_norm", "update_ratio", "dead_relu"):
                 if row.get(key) is not None:
-                    self.events.add_scalar(f"{key}/{layer}", row[key], step)
-        if "dead_relu" in model:
-            dead = float(model["dead_relu"])
-            self.diagnostics.write(
-                json.dumps({"step": step, "layer": "model", "dead_relu": dead}) + "\n"
-            )
-            self.events.add_scalar("dead_relu", dead, step)
+                    tag = key if row["layer"] == "model" else f"{key}/{row['layer']}"
+                    self.events.add_scalar(tag, row[key], row["step"])
         self.diagnostics.flush()
 
     def close(self) -> None:

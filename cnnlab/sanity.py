@@ -47,7 +47,7 @@ class OverfitRecord:
         self.program, self.subset = program, subset
         self.last_train: dict = {}
         self.last_val: dict = {}
-        self.layers: dict | None = None  # per-layer statistics of the latest logged step
+        self.layers: list[dict] | None = None  # statistics rows of the latest logged step
         self.divergence: Divergence | None = None
         self.losses: list[tuple[int, float]] = []
         self.result: dict = {}

@@ -7,7 +7,8 @@ data, so trials that differ only in numbers share one compiled program, stacked 
 Where the program runs, one device or a mesh of several, is part of it too (cnnlab.mesh).
 
 The whole training split lives on the device as uint8; each step gathers its batch there from
-a seeded per-epoch permutation. `steps_program` runs several steps in one compiled call.
+its epoch's order, a permutation drawn on the host (EpochOrders). `steps_program` runs several
+steps in one compiled call.
 """
 
 from __future__ import annotations
@@ -172,33 +173,54 @@ class Orders(NamedTuple):
     rows: jax.Array  # (epochs, N) int32
 
 
-def call_orders(program: Program, state: TrainState, count: int) -> Orders:
-    """The orders a call of `count` steps reads, drawn once for the call: a permutation is a
-    sort, and one in every unrolled step would double what XLA compiles. Epoch e's order is
-    the same permutation wherever it is drawn (seeded by e); the state keeps the current one."""
-    per_epoch = program.steps_per_epoch
-    first, position = jnp.divmod(state.step, per_epoch)
-    starting = -(-count // per_epoch)  # at most this many epochs start within the call
-    order_key = jax.random.split(state.key)[0]
+def epoch_order(key_words: np.ndarray, epoch: int, count: int) -> np.ndarray:
+    """Epoch `epoch`'s order of the `count` training examples, seeded by the run's key. Drawn on
+    the host, where it costs no compiling: in the program, a permutation's hashing and sorts
+    took a fifth of a small model's compile time."""
+    seed = [*np.ravel(key_words).tolist(), epoch]
+    return np.random.default_rng(seed).permutation(count).astype(np.int32)
 
-    def permutation(epoch):
-        return jax.random.permutation(jax.random.fold_in(order_key, epoch), program.num_examples)
 
-    def draw():
-        epoch = first + (position != 0)
-        if starting == 1:
-            return permutation(epoch)[None]
-        return jax.vmap(permutation)(epoch + jnp.arange(starting))
+class EpochOrders:
+    """The orders of the epochs that start within each call, as the call's input: the call
+    that starts at `step` gets the epochs from the first that starts at or after it. One
+    device transfer an epoch: the calls within an epoch get the same rows."""
 
-    an_epoch_starts = (position == 0) | (position + count > per_epoch)
-    drawn = jax.lax.cond(
-        an_epoch_starts, draw, lambda: jnp.broadcast_to(state.order, (starting, *state.order.shape))
-    )
-    # Row 0 is the epoch the call starts in: drawn now if it starts now, else the current one.
+    def __init__(self, program: Program, state: TrainState, stacked: bool = False):
+        self.program, self.stacked = program, stacked
+        words = np.asarray(jax.device_get(jax.random.key_data(state.key)))
+        self.trial_words = list(words) if stacked else [words]
+        self._placed: tuple = (None, None)
+
+    def upcoming(self, step: int, count: int) -> jax.Array:
+        """(epochs, N), or (trials, epochs, N) when stacked: see `epochs_starting`."""
+        per_epoch = self.program.steps_per_epoch
+        first = -(-step // per_epoch)
+        span = (first, epochs_starting(self.program, count))
+        if self._placed[0] != span:
+            rows = np.stack([self._rows(words, *span) for words in self.trial_words])
+            rows = rows if self.stacked else rows[0]
+            self._placed = (span, placed(self.program.mesh, rows, split=self.stacked))
+        return self._placed[1]
+
+    def _rows(self, words, first: int, epochs: int) -> np.ndarray:
+        n = self.program.num_examples
+        return np.stack([epoch_order(words, first + i, n) for i in range(epochs)])
+
+
+def epochs_starting(program: Program, count: int) -> int:
+    """At most this many epochs start within a call of `count` steps."""
+    return -(-count // program.steps_per_epoch)
+
+
+def call_orders(program: Program, state: TrainState, upcoming: jax.Array) -> Orders:
+    """The orders a call reads: the current epoch's (kept in the state) and the `upcoming`
+    ones (EpochOrders). Row 0 is the epoch the call starts in: upcoming if it starts now."""
+    first, position = jnp.divmod(state.step, program.steps_per_epoch)
     rows = jnp.where(
         position == 0,
-        jnp.concatenate([drawn, drawn[-1:]]),
-        jnp.concatenate([state.order[None], drawn]),
+        jnp.concatenate([upcoming, upcoming[-1:]]),
+        jnp.concatenate([state.order[None], upcoming]),
     )
     return Orders(first, rows)
 
@@ -284,13 +306,13 @@ def train_step(
 def _layer_statistics(state: TrainState, grads, updates, taps):
     """A thunk for the per-layer statistics of a step (run only when they are wanted). Dead
     units come from this step's own forward pass (`taps`), where a dead ReLU passes no
-    gradient; None where the model cannot tell."""
+    gradient; left out where the model cannot tell."""
 
     def stats():
         values = layer_stats(state.params, grads, updates)
         if taps is not None:
             dead = [dead_fraction(a) for a in taps]
-            values["_model"] = {"dead_relu": jnp.mean(jnp.stack(dead)) if dead else jnp.zeros(())}
+            values["dead_relu"] = jnp.mean(jnp.stack(dead)) if dead else jnp.zeros(())
         return values
 
     return stats
@@ -308,19 +330,19 @@ def compiler_options() -> dict | None:
 
 
 def steps_program(program: Program, count: int, state, data, numbers, *, stacked: bool = False):
-    """The compiled call `(state, data, numbers, with_stats) -> (state, metrics)` that takes
-    `count` steps; the state is donated. Metrics come per step, and under "layers" the per-layer
-    statistics of the last step when `with_stats` (only that step carries the code for them,
-    which keeps compiling short). `stacked`: state, data and numbers have a leading trial axis
-    (vmap). Compiled once per count, for arguments shaped (and laid out on the program's mesh)
+    """The compiled call `(state, upcoming, data, numbers, with_stats) -> (state, metrics)` that
+    takes `count` steps (`upcoming`: EpochOrders.upcoming); the state is donated. Metrics come
+    per step, and under "layers" the per-layer statistics of the last step when `with_stats`
+    (only that step carries the code for them, which keeps compiling short). `stacked`: state,
+    upcoming orders, data and numbers have a leading trial axis (vmap). Compiled once per count, for arguments shaped (and laid out on the program's mesh)
     like these."""
     key = (count, stacked)
     if key not in program.compiled:
         mesh = program.mesh
         split = mesh.constrain if mesh is not None and not stacked else None
 
-        def steps(state, data, numbers, with_stats):
-            orders = call_orders(program, state, count)
+        def steps(state, upcoming, data, numbers, with_stats):
+            orders = call_orders(program, state, upcoming)
             state, history = _repeat(
                 lambda s: train_step(program, s, orders, data, numbers, split=split),
                 state,
@@ -331,12 +353,16 @@ def steps_program(program: Program, count: int, state, data, numbers, *, stacked
             metrics = jax.tree.map(lambda m, x: jnp.concatenate([m, x[None]]), history, last)
             return state, {**metrics, "layers": layers}
 
-        run = jax.vmap(steps, in_axes=(0, 0, 0, None)) if stacked else steps
+        run = jax.vmap(steps, in_axes=(0, 0, 0, 0, None)) if stacked else steps
         jitted = jax.jit(
             run, donate_argnums=0, compiler_options=compiler_options(), **_layout(mesh, stacked)
         )
         flag = jnp.zeros((), bool)
-        program.compiled[key] = jitted.lower(state, data, numbers, flag).compile()
+        upcoming = jax.ShapeDtypeStruct(
+            (*state.order.shape[:-1], epochs_starting(program, count), program.num_examples),
+            jnp.int32,
+        )
+        program.compiled[key] = jitted.lower(state, upcoming, data, numbers, flag).compile()
     return program.compiled[key]
 
 
@@ -359,7 +385,7 @@ def _layout(mesh: DataMesh | None, stacked: bool) -> dict:
         return {}
     inputs = mesh.split if stacked else mesh.replicated
     return {
-        "in_shardings": (inputs, inputs, inputs, mesh.replicated),
+        "in_shardings": (inputs, inputs, inputs, inputs, mesh.replicated),
         "out_shardings": (inputs, mesh.replicated),
     }
 

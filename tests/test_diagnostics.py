@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import jax
 import numpy as np
@@ -185,9 +186,12 @@ def test_a_momentum_divergence_names_its_step_once_and_its_layer(tmp_path, cli, 
         "train", "digits", "--set", "optimizer=sgd_momentum", "--set", "optimizer.lr=50",
         "--set", "train.steps=100", expect=1,
     )  # fmt: skip
-    assert "non-finite at step 2; first non-finite gradient in layer 3" in result.stderr
+    found = re.search(
+        r"non-finite at step (\d+); first non-finite gradient in layer 3", result.stderr
+    )
+    assert found and result.stderr.count("non-finite at step") == 1, result.stderr
     run = next(isolated_runs.iterdir())
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["steps"] == 2 and summary["status"] == "diverged"
+    assert summary["steps"] == int(found[1]) and summary["status"] == "diverged"
     shown = cli("diagnostics", run).stdout
     assert "3 conv 3x3, 64" in shown and "inf !" in shown

@@ -43,8 +43,11 @@ def test_stacked_trials_match_trials_trained_alone(tmp_path):
         np.testing.assert_allclose(
             [r["loss"] for r in together], [r["loss"] for r in single], rtol=1e-5
         )
+        # Vmapped convolutions sum in another order; Adam divides by the root of a tiny second
+        # moment, so a parameter with near-zero gradients can move ~1e-6 from that alone (a
+        # mixed-up trial would be off by orders of magnitude more).
         for a, b in zip(latest_params(stacked[index]), latest_params(alone), strict=True):
-            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
 def test_trials_that_change_the_program_are_not_stacked(tmp_path):

@@ -13,6 +13,7 @@ from conftest import TINY_EXPERIMENT, run_dirs
 
 from cnnlab.config import experiment_from_tree
 from cnnlab.step import (
+    EpochOrders,
     call_orders,
     device_numbers,
     logits,
@@ -50,9 +51,10 @@ def train_calls(prepared, calls: int):
         device_numbers(prepared.numbers),
     )
     call = steps_program(prepared.program, STEPS_PER_CALL, state, data, numbers)
-    losses = []
-    for _ in range(calls):
-        state, metrics = call(state, data, numbers, np.bool_(False))
+    orders, losses = EpochOrders(prepared.program, state), []
+    for index in range(calls):
+        upcoming = orders.upcoming(index * STEPS_PER_CALL, STEPS_PER_CALL)
+        state, metrics = call(state, upcoming, data, numbers, np.bool_(False))
         losses.append(np.asarray(metrics["loss"]))
     return state, losses
 
@@ -114,7 +116,7 @@ def primitives_with_dtypes(jaxpr) -> list[tuple[str, tuple]]:
 def test_train_step_runs_convolutions_and_matmuls_in_the_compute_dtype(prepared, precision, dtype):
     built = prepared[precision]
     state, data = built.initial_state(), to_device(built.train.images, built.train.labels)
-    orders = call_orders(built.program, state, 1)
+    orders = call_orders(built.program, state, EpochOrders(built.program, state).upcoming(0, 1))
     step = lambda s, d, n: train_step(built.program, s, orders, d, n, True)  # noqa: E731
     jaxpr = jax.make_jaxpr(step)(state, data, device_numbers(built.numbers)).jaxpr
     heavy = [

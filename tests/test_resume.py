@@ -21,7 +21,14 @@ import cnnlab
 from cnnlab.config import experiment_from_tree
 from cnnlab.hyper import experiment_numbers
 from cnnlab.runs import Checkpoints, read_metrics
-from cnnlab.step import device_numbers, init_state, logits, steps_program, to_device
+from cnnlab.step import (
+    EpochOrders,
+    device_numbers,
+    init_state,
+    logits,
+    steps_program,
+    to_device,
+)
 from cnnlab.training import setup
 
 LONGER = TINY_EXPERIMENT.replace("steps: 40", "steps: 120")
@@ -181,9 +188,11 @@ def test_a_run_is_the_same_whatever_the_length_of_its_calls():
 
     def train(per_call: int, steps: int = 8):
         state, losses = built.initial_state(), []
+        orders = EpochOrders(built.program, state)
         for count in [per_call] * (steps // per_call) + [steps % per_call] * (steps % per_call > 0):
             call = steps_program(built.program, count, state, data, numbers)
-            state, metrics = call(state, data, numbers, np.bool_(False))
+            upcoming = orders.upcoming(len(losses), count)
+            state, metrics = call(state, upcoming, data, numbers, np.bool_(False))
             losses += list(np.asarray(metrics["loss"]))
         return state, losses
 

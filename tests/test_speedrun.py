@@ -21,6 +21,7 @@ from cnnlab.models import INITIALIZERS, build_model, describe_model, parse_model
 from cnnlab.models.initializers import image_patches
 from cnnlab.optim import LookaheadSpec, build_optimizer, eval_params, parse_optimizer_spec
 from cnnlab.step import (
+    EpochOrders,
     channel_stats,
     device_numbers,
     init_state,
@@ -102,7 +103,8 @@ def trained(tmp_path_factory):
     data = to_device(built.train.images, built.train.labels)
     numbers = device_numbers(built.numbers)
     call = steps_program(built.program, 4, start, data, numbers)
-    after, _ = call(start, data, numbers, np.bool_(False))
+    upcoming = EpochOrders(built.program, start).upcoming(0, 4)
+    after, _ = call(start, upcoming, data, numbers, np.bool_(False))
     return built, before, jax.device_get(after)
 
 
