@@ -167,7 +167,7 @@ def forward(program: Program, params, model_state, x, *, train: bool, key, taps=
 
 
 class Orders(NamedTuple):
-    """The example orders of the epochs one call can reach: row i is epoch `first + i`'s."""
+    """Example orders, one row an epoch: `rows[i]` is epoch `first + i`'s."""
 
     first: jax.Array  # int32 scalar
     rows: jax.Array  # (epochs, N) int32
@@ -192,15 +192,18 @@ class EpochOrders:
         self.trial_words = list(words) if stacked else [words]
         self._placed: tuple = (None, None)
 
-    def upcoming(self, step: int, count: int) -> jax.Array:
-        """(epochs, N), or (trials, epochs, N) when stacked: see `epochs_starting`."""
+    def upcoming(self, step: int, count: int) -> Orders:
+        """Orders with (epochs, N) rows, or (trials, epochs, N) when stacked (and `first` per
+        trial): see `epochs_starting`."""
         per_epoch = self.program.steps_per_epoch
         first = -(-step // per_epoch)
         span = (first, epochs_starting(self.program, count))
         if self._placed[0] != span:
             rows = np.stack([self._rows(words, *span) for words in self.trial_words])
-            rows = rows if self.stacked else rows[0]
-            self._placed = (span, placed(self.program.mesh, rows, split=self.stacked))
+            upcoming = Orders(np.full(len(rows), first, np.int32), rows)
+            if not self.stacked:
+                upcoming = Orders(upcoming.first[0], rows[0])
+            self._placed = (span, placed(self.program.mesh, upcoming, split=self.stacked))
         return self._placed[1]
 
     def _rows(self, words, first: int, epochs: int) -> np.ndarray:
@@ -213,16 +216,14 @@ def epochs_starting(program: Program, count: int) -> int:
     return -(-count // program.steps_per_epoch)
 
 
-def call_orders(program: Program, state: TrainState, upcoming: jax.Array) -> Orders:
-    """The orders a call reads: the current epoch's (kept in the state) and the `upcoming`
-    ones (EpochOrders). Row 0 is the epoch the call starts in: upcoming if it starts now."""
+def call_orders(program: Program, state: TrainState, upcoming: Orders) -> Orders:
+    """The orders a call reads: row 0 is the epoch the state is in, then the `upcoming` ones
+    (EpochOrders). Row 0 is the state's own order unless its epoch starts now; a state frozen
+    by a non-finite step lags the host's count of steps, and keeps the failing step's order."""
     first, position = jnp.divmod(state.step, program.steps_per_epoch)
-    rows = jnp.where(
-        position == 0,
-        jnp.concatenate([upcoming, upcoming[-1:]]),
-        jnp.concatenate([state.order[None], upcoming]),
-    )
-    return Orders(first, rows)
+    starts_now = (position == 0) & (upcoming.first == first)
+    current = jnp.where(starts_now, upcoming.rows[0], state.order)
+    return Orders(upcoming.first - 1, jnp.concatenate([current[None], upcoming.rows]))
 
 
 def _batch(program: Program, state: TrainState, orders: Orders):
@@ -230,7 +231,7 @@ def _batch(program: Program, state: TrainState, orders: Orders):
     computes the same orders; each then takes its own part of the indices."""
     step_key = jax.random.split(state.key)[1]
     epoch, position = jnp.divmod(state.step, program.steps_per_epoch)
-    order = orders.rows[epoch - orders.first]
+    order = orders.rows[jnp.maximum(epoch - orders.first, 0)]
     index = jax.lax.dynamic_slice_in_dim(order, position * program.batch_size, program.batch_size)
     return order, index, epoch, jax.random.fold_in(step_key, state.step)
 
@@ -300,7 +301,8 @@ def train_step(
         metrics["layers"] = jax.lax.cond(
             with_stats, stats, lambda: jax.tree.map(jnp.zeros_like, jax.eval_shape(stats))
         )
-    return jax.lax.cond(finite, lambda: updated, lambda: state), metrics
+    frozen = state._replace(order=order)  # the next steps replay this batch
+    return jax.lax.cond(finite, lambda: updated, lambda: frozen), metrics
 
 
 def _layer_statistics(state: TrainState, grads, updates, taps):
@@ -358,9 +360,12 @@ def steps_program(program: Program, count: int, state, data, numbers, *, stacked
             run, donate_argnums=0, compiler_options=compiler_options(), **_layout(mesh, stacked)
         )
         flag = jnp.zeros((), bool)
-        upcoming = jax.ShapeDtypeStruct(
-            (*state.order.shape[:-1], epochs_starting(program, count), program.num_examples),
-            jnp.int32,
+        trials = state.order.shape[:-1]
+        upcoming = Orders(
+            jax.ShapeDtypeStruct(trials, jnp.int32),
+            jax.ShapeDtypeStruct(
+                (*trials, epochs_starting(program, count), program.num_examples), jnp.int32
+            ),
         )
         program.compiled[key] = jitted.lower(state, upcoming, data, numbers, flag).compile()
     return program.compiled[key]

@@ -24,6 +24,7 @@ from cnnlab.runs import Checkpoints, read_metrics
 from cnnlab.step import (
     EpochOrders,
     device_numbers,
+    epoch_order,
     init_state,
     logits,
     steps_program,
@@ -203,3 +204,29 @@ def test_a_run_is_the_same_whatever_the_length_of_its_calls():
         kept = lambda s: (s.step, s.params, s.model_state, s.opt_state, s.order)  # noqa: E731
         for a, b in zip(jax.tree.leaves(kept(one)), jax.tree.leaves(kept(other)), strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_state_frozen_by_a_non_finite_step_keeps_replaying_the_failing_epoch():
+    """A non-finite step at an epoch's start freezes the state. The host counts the next calls
+    as later steps (it reads no metrics between logs); they still replay the failing epoch's
+    batch, whose statistics name the layer at fault."""
+    tree = yaml.safe_load(TINY_EXPERIMENT)
+    tree["train"]["batch_size"] = 400
+    built = setup(experiment_from_tree(tree))
+    program = built.program
+    assert program.steps_per_epoch == 3
+    data = to_device(built.train.images, built.train.labels)
+    numbers = device_numbers(built.numbers)
+    state = built.initial_state()
+    orders = EpochOrders(program, state)
+    words = np.asarray(jax.random.key_data(state.key))
+    call = steps_program(program, 1, state, data, numbers)
+    for step in range(3):
+        state, _ = call(state, orders.upcoming(step, 1), data, numbers, np.bool_(False))
+    poisoned = state._replace(params=jax.tree.map(lambda p: p * np.nan, state.params))
+    frozen, metrics = call(poisoned, orders.upcoming(3, 1), data, numbers, np.bool_(False))
+    assert not bool(metrics["finite"][0]) and int(frozen.step) == 3
+    for step in (4, 5, 6):  # the host's count moves on into epochs 1 and 2
+        frozen, metrics = call(frozen, orders.upcoming(step, 1), data, numbers, np.bool_(True))
+        assert int(frozen.step) == 3
+        np.testing.assert_array_equal(frozen.order, epoch_order(words, 1, program.num_examples))
