@@ -200,9 +200,11 @@ class EpochOrders:
         span = (first, epochs_starting(self.program, count))
         if self._placed[0] != span:
             rows = np.stack([self._rows(words, *span) for words in self.trial_words])
-            upcoming = Orders(np.full(len(rows), first, np.int32), rows)
-            if not self.stacked:
-                upcoming = Orders(upcoming.first[0], rows[0])
+            upcoming = (
+                Orders(np.full(len(rows), first, np.int32), rows)
+                if self.stacked
+                else Orders(np.int32(first), rows[0])
+            )
             self._placed = (span, placed(self.program.mesh, upcoming, split=self.stacked))
         return self._placed[1]
 
