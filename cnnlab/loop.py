@@ -120,11 +120,11 @@ def trial_slice(tree: Any, index: int | None) -> Any:
     return tree if index is None else jax.tree.map(lambda leaf: leaf[index], tree)
 
 
-def _series(calls: list[dict], index: int | None, step: int, names: list[str]):
+def _series(calls: list[dict], index: int | None) -> tuple[dict, dict]:
     """Per-step metrics of one trial over the calls since the last log, as flat arrays, and the
-    statistics rows of the last step (diagnostics.stats_rows)."""
+    per-layer statistics of the last step (as layer_stats gives them)."""
     calls = [trial_slice(call, index) for call in calls]
-    layers = stats_rows(step, calls[-1].pop("layers"), names)
+    layers = calls[-1].pop("layers")
     for call in calls[:-1]:
         call.pop("layers")
     series = {key: np.concatenate([np.ravel(c[key]) for c in calls]) for key in calls[0]}
@@ -169,8 +169,9 @@ def run(
                 images_per_sec = (step - last_step) * batch / clock.lap()
                 with clock.paused():
                     for index, record, slot in _active(records, slots, outcomes):
-                        series, layers = _series(calls, slot, step, names)
-                        layers = layers if report else None  # a stop mid-interval has none
+                        series, layers = _series(calls, slot)
+                        # A stop mid-interval has no statistics.
+                        layers = stats_rows(step, layers, names) if report else None
                         status = record.log(step, series, layers, images_per_sec, clock.total())
                         if status:
                             outcomes[index] = Outcome(status, step, clock.total())

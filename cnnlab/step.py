@@ -248,7 +248,8 @@ def train_step(
     split=None,
 ):
     """One optimizer step on this step's batch (from `orders`) -> (state, metrics). A non-finite
-    loss or gradient leaves the state as it was. Given `with_stats` (a traced bool), the metrics
+    loss or gradient leaves the state as it was but for its order, which becomes the failing
+    batch's epoch's: the next steps replay that batch. Given `with_stats` (a traced bool), the metrics
     carry the per-layer statistics of this very step under "layers" (zeros when it is false).
     `split`: lays out an array split along the batch over the mesh (DataMesh.constrain); the
     rest follows."""
@@ -303,7 +304,7 @@ def train_step(
         metrics["layers"] = jax.lax.cond(
             with_stats, stats, lambda: jax.tree.map(jnp.zeros_like, jax.eval_shape(stats))
         )
-    frozen = state._replace(order=order)  # the next steps replay this batch
+    frozen = state._replace(order=order)
     return jax.lax.cond(finite, lambda: updated, lambda: frozen), metrics
 
 
