@@ -238,21 +238,31 @@ def _batch(program: Program, state: TrainState, orders: Orders):
     return order, index, epoch, jax.random.fold_in(step_key, state.step)
 
 
+class StepParts(NamedTuple):
+    """What the per-layer statistics of a step are computed from (`step_stats`)."""
+
+    params: Any  # before the step
+    grads: Any
+    updates: Any
+    dead_relu: jax.Array | None  # this batch's fraction of dead ReLU units; None: the model
+    # cannot tell
+
+
+def no_parts(program: Program, params) -> StepParts:
+    """Zeros shaped like a step's parts: what a multi-step call carries in before its first."""
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    dead = jnp.zeros(()) if program.model.taps_relus else None
+    return StepParts(params, zeros, zeros, dead)
+
+
 def train_step(
-    program: Program,
-    state: TrainState,
-    orders: Orders,
-    data: Data,
-    numbers: Numbers,
-    with_stats=None,
-    split=None,
+    program: Program, state: TrainState, orders: Orders, data: Data, numbers: Numbers, split=None
 ):
-    """One optimizer step on this step's batch (from `orders`) -> (state, metrics). A non-finite
-    loss or gradient leaves the state as it was but for its order, which becomes the failing
-    batch's epoch's: the next steps replay that batch. Given `with_stats` (a traced bool), the metrics
-    carry the per-layer statistics of this very step under "layers" (zeros when it is false).
-    `split`: lays out an array split along the batch over the mesh (DataMesh.constrain); the
-    rest follows."""
+    """One optimizer step on this step's batch (from `orders`) -> (state, metrics, parts). A
+    non-finite loss or gradient leaves the state as it was but for its order, which becomes the
+    failing batch's epoch's: the next steps replay that batch. `parts`: what this step's
+    per-layer statistics come from (`step_stats`). `split`: lays out an array split along the
+    batch over the mesh (DataMesh.constrain); the rest follows."""
     order, index, epoch, key = _batch(program, state, orders)
     if split is not None:  # each device gathers its part of the batch from its own copy
         index = split(index)
@@ -268,7 +278,7 @@ def train_step(
     targets = targets * (1 - smoothing) + smoothing / program.num_classes
 
     def loss_fn(params):
-        taps = [] if with_stats is not None and program.model.taps_relus else None
+        taps = [] if program.model.taps_relus else None
         logits, model_state = forward(
             program, params, state.model_state, x, train=True, key=model_key, taps=taps
         )
@@ -297,30 +307,20 @@ def train_step(
         "grad_norm": grad_norm,
         "finite": finite,
     }
-    if with_stats is not None:
-        stats = _layer_statistics(state, grads, updates, taps)
-        # A cond on an unbatched flag stays a branch under vmap: the statistics cost nothing
-        # on the calls that do not report them.
-        metrics["layers"] = jax.lax.cond(
-            with_stats, stats, lambda: jax.tree.map(jnp.zeros_like, jax.eval_shape(stats))
-        )
+    # Dead units come from this step's own forward pass, where a dead ReLU passes no gradient.
+    dead = None if taps is None else jnp.mean(jnp.stack([dead_fraction(a) for a in taps] or [0.0]))
     frozen = state._replace(order=order)
-    return jax.lax.cond(finite, lambda: updated, lambda: frozen), metrics
+    parts = StepParts(state.params, grads, updates, dead)
+    return jax.lax.cond(finite, lambda: updated, lambda: frozen), metrics, parts
 
 
-def _layer_statistics(state: TrainState, grads, updates, taps):
-    """A thunk for the per-layer statistics of a step (run only when they are wanted). Dead
-    units come from this step's own forward pass (`taps`), where a dead ReLU passes no
-    gradient; left out where the model cannot tell."""
-
-    def stats():
-        values = layer_stats(state.params, grads, updates)
-        if taps is not None:
-            dead = [dead_fraction(a) for a in taps]
-            values["dead_relu"] = jnp.mean(jnp.stack(dead)) if dead else jnp.zeros(())
-        return values
-
-    return stats
+def step_stats(parts: StepParts) -> dict[str, jax.Array]:
+    """A step's per-layer statistics (diagnostics.layer_stats), and its dead ReLU fraction
+    where the model can tell."""
+    values = layer_stats(parts.params, parts.grads, parts.updates)
+    if parts.dead_relu is not None:
+        values["dead_relu"] = parts.dead_relu
+    return values
 
 
 def on_cpu() -> bool:
@@ -337,10 +337,11 @@ def compiler_options() -> dict | None:
 def steps_program(program: Program, count: int, state, data, numbers, *, stacked: bool = False):
     """The compiled call `(state, upcoming, data, numbers, with_stats) -> (state, metrics)` that
     takes `count` steps (`upcoming`: EpochOrders.upcoming); the state is donated. Metrics come
-    per step, and under "layers" the per-layer statistics of the last step when `with_stats`
-    (only that step carries the code for them, which keeps compiling short). `stacked`: state,
-    upcoming orders, data and numbers have a leading trial axis (vmap). Compiled once per count, for arguments shaped (and laid out on the program's mesh)
-    like these."""
+    per step, and under "layers" the per-layer statistics of the last step when `with_stats`.
+    Every step, the last included, is the one traced step of a scan: each step hands on what
+    its statistics come from, and only the last step's survives into the program. `stacked`:
+    state, upcoming orders, data and numbers have a leading trial axis (vmap). Compiled once
+    per count, for arguments shaped (and laid out on the program's mesh) like these."""
     key = (count, stacked)
     if key not in program.compiled:
         mesh = program.mesh
@@ -348,15 +349,14 @@ def steps_program(program: Program, count: int, state, data, numbers, *, stacked
 
         def steps(state, upcoming, data, numbers, with_stats):
             orders = call_orders(program, state, upcoming)
-            state, history = _repeat(
-                lambda s: train_step(program, s, orders, data, numbers, split=split),
-                state,
-                count - 1,
-            )
-            state, last = train_step(program, state, orders, data, numbers, with_stats, split)
-            layers = last.pop("layers")
-            metrics = jax.tree.map(lambda m, x: jnp.concatenate([m, x[None]]), history, last)
-            return state, {**metrics, "layers": layers}
+
+            def step(carry):  # the parts of every step but the last are dead code
+                state, metrics, parts = train_step(program, carry[0], orders, data, numbers, split)
+                return (state, parts), metrics
+
+            start = (state, no_parts(program, state.params))
+            (state, parts), metrics = _repeat(step, start, count)
+            return state, {**metrics, "layers": _only_if(with_stats, lambda: step_stats(parts))}
 
         run = jax.vmap(steps, in_axes=(0, 0, 0, 0, None)) if stacked else steps
         jitted = jax.jit(
@@ -374,15 +374,25 @@ def steps_program(program: Program, count: int, state, data, numbers, *, stacked
     return program.compiled[key]
 
 
-def _repeat(step, state, count: int):
-    """`count` steps -> (state, their metrics stacked). XLA:CPU runs convolutions inside a loop
+def _only_if(flag, compute):
+    """`compute()` when `flag`, else zeros shaped like it. A cond on an unbatched flag stays a
+    branch under vmap: the work costs nothing on the calls that do not ask for it."""
+
+    def zeros():
+        return jax.tree.map(jnp.zeros_like, jax.eval_shape(compute))
+
+    return jax.lax.cond(flag, compute, zeros)
+
+
+def _repeat(step, carry, count: int):
+    """`count` steps -> (carry, their metrics stacked). XLA:CPU runs convolutions inside a loop
     17x slower or worse, so on the CPU the scan is unrolled: its step is traced once and
     written out `count` times when lowered. A scan of one step would still be a loop (of one
     trip): that step is called directly."""
     if count == 1:
-        state, metrics = step(state)
-        return state, jax.tree.map(lambda m: m[None], metrics)
-    return jax.lax.scan(lambda s, _: step(s), state, None, length=count, unroll=on_cpu())
+        carry, metrics = step(carry)
+        return carry, jax.tree.map(lambda m: m[None], metrics)
+    return jax.lax.scan(lambda c, _: step(c), carry, None, length=count, unroll=on_cpu())
 
 
 def _layout(mesh: DataMesh | None, stacked: bool) -> dict:

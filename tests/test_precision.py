@@ -117,7 +117,7 @@ def test_train_step_runs_convolutions_and_matmuls_in_the_compute_dtype(prepared,
     built = prepared[precision]
     state, data = built.initial_state(), to_device(built.train.images, built.train.labels)
     orders = call_orders(built.program, state, EpochOrders(built.program, state).upcoming(0, 1))
-    step = lambda s, d, n: train_step(built.program, s, orders, d, n, True)  # noqa: E731
+    step = lambda s, d, n: train_step(built.program, s, orders, d, n)  # noqa: E731
     jaxpr = jax.make_jaxpr(step)(state, data, device_numbers(built.numbers)).jaxpr
     heavy = [
         dtypes
