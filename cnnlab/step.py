@@ -246,8 +246,8 @@ class StepParts(NamedTuple):
     params: Any  # before the step
     grads: Any
     updates: Any
-    dead_relu: jax.Array | None  # this batch's fraction of dead ReLU units; None: the model
-    # cannot tell
+    # The batch's fraction of dead ReLU units; None where the model cannot tell.
+    dead_relu: jax.Array | None
 
 
 def no_parts(program: Program, params) -> StepParts:
@@ -341,7 +341,8 @@ def steps_program(program: Program, count: int, state, data, numbers, *, stacked
     takes `count` steps (`upcoming`: EpochOrders.upcoming); the state is donated. Metrics come
     per step, and under "layers" the per-layer statistics of the last step when `with_stats`.
     Every step, the last included, is the one traced step of a scan: each step hands on what
-    its statistics come from, and only the last step's survives into the program. `stacked`:
+    its statistics come from. Where the scan is unrolled (the CPU), only the last step's parts
+    survive into the program; where it stays a loop, they ride along in its carry. `stacked`:
     state, upcoming orders, data and numbers have a leading trial axis (vmap). Compiled once
     per count, for arguments shaped (and laid out on the program's mesh) like these."""
     key = (count, stacked)
