@@ -291,7 +291,7 @@ def train_step(
         state.params
     )
     tx, schedule = program.optimizer_for(numbers)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = global_norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     updated = state._replace(
         step=state.step + 1,
@@ -314,6 +314,14 @@ def train_step(
     frozen = state._replace(order=order)
     parts = StepParts(state.params, grads, updates, dead)
     return jax.lax.cond(finite, lambda: updated, lambda: frozen), metrics, parts
+
+
+def global_norm(tree) -> jax.Array:
+    """The L2 norm of all the tree's numbers, as one reduction: optax.global_norm reduces each
+    leaf on its own, and those kernels, once per step of a call, made cnn_small's 10-step call
+    778 fusions for XLA to compile instead of 688."""
+    flat = jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(tree)])
+    return jnp.sqrt(jnp.sum(jnp.square(flat)))
 
 
 def step_stats(parts: StepParts) -> dict[str, jax.Array]:
