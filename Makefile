@@ -28,6 +28,8 @@ lint: install
 bench: install
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) benchmarks/bench_train.py --append benchmarks/RESULTS.md
+	$(PY) benchmarks/bench_compile.py --append benchmarks/RESULTS.md
+	$(PY) benchmarks/bench_convs.py --append benchmarks/RESULTS.md
 	$(PY) benchmarks/bench_augment.py
 	$(PY) benchmarks/bench_parallel.py
 
