@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import yaml
-from common import LoadWatch
+from common import LoadWatch, median_seconds
 from flax import nnx
 
 from cnnlab.augment import build_augment, parse_augment
@@ -103,16 +103,6 @@ def make_steps(model: Model, augment):
     return tx, jax.jit(train, compiler_options=options), jax.jit(fused, compiler_options=options)
 
 
-def seconds(run, repeats: int) -> float:
-    """Median wall time of `run()` (which blocks until its result is ready)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=256)
@@ -147,9 +137,13 @@ def main() -> None:
     load = LoadWatch()
     for round_ in range(args.rounds):
         round_key = jax.random.fold_in(key, round_)
-        aug = seconds(lambda k=round_key: jax.block_until_ready(augment_jit(k, x, labels)), 10)
-        step = seconds(lambda: jax.block_until_ready(train(params, state, opt_state, x, labels)), 2)
-        both = seconds(
+        aug = median_seconds(
+            lambda k=round_key: jax.block_until_ready(augment_jit(k, x, labels)), 10
+        )
+        step = median_seconds(
+            lambda: jax.block_until_ready(train(params, state, opt_state, x, labels)), 2
+        )
+        both = median_seconds(
             lambda k=round_key: jax.block_until_ready(
                 fused(params, state, opt_state, k, x, labels)
             ),

@@ -13,14 +13,12 @@ between the two and takes the median of `repeats` runs.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import torch
-from common import LoadWatch, append_section, machine, print_table
+from common import LoadWatch, append_section, machine, median_seconds, print_table
 
 from cnnlab.step import compiler_options
 
@@ -103,16 +101,6 @@ def torch_parts(conv: Conv):
         ]
 
 
-def seconds(run, repeats: int) -> float:
-    run()  # compiles, or warms the caches
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(repeats: int) -> list[list[str]]:
     rows, totals = [], {}
     for conv in CONVS:
@@ -122,7 +110,9 @@ def measure(repeats: int) -> list[list[str]]:
                 parts.append(None)
                 continue
             order = pair if index % 2 == 0 else pair[::-1]
-            timed = {run: seconds(run, repeats) for run in order}
+            for run in order:
+                run()  # compiles, or warms the caches
+            timed = {run: median_seconds(run, repeats) for run in order}
             parts.append((timed[pair[0]], timed[pair[1]]))
         xla, pytorch = (sum(p[side] for p in parts if p) * 1e3 for side in (0, 1))
         model = totals.setdefault(conv.model, [0.0, 0.0])

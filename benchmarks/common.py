@@ -52,6 +52,16 @@ def alternate(
 QUIET_LOAD = 1.0  # one-minute load average above which a 2-core machine is not quiet
 
 
+def median_seconds(run: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of `run()` (which blocks until its result is ready) over `repeats`."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def load_average() -> float:
     """The one-minute load average (0 where the system does not tell)."""
     try:
