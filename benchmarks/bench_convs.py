@@ -1,4 +1,4 @@
-"""Convolution by convolution: XLA:CPU against PyTorch (oneDNN) on the three benchmark models.
+"""Convolution by convolution: XLA:CPU against PyTorch on the three benchmark models.
 
     .venv/bin/python benchmarks/bench_convs.py [--repeats 9] [--append benchmarks/RESULTS.md]
 
